@@ -1,0 +1,39 @@
+"""ebru.diffusion: the math of continuous noise.
+
+The Denoiser contract ``D(x, sigma, **cond) -> x0_hat`` (``x = x0 + sigma * eps``),
+preconditioning, forward-process schedules, losses, step schedules, samplers,
+guidance and editing transforms, and exact-score oracles to test them against.
+"""
+
+from .denoiser import PREDICTIONS, Denoiser, DiscreteTimesteps, Precond, scalings, vp_denoiser
+from .editing import Inpaint, img2img_start, repaint
+from .guidance import ClassifierFreeGuidance
+from .loss import WEIGHTINGS, DiscreteSigma, LogNormalSigma, VPUniformTSigma, denoising_loss
+from .noise import (
+    EDMNoise,
+    add_noise,
+    alphas_cumprod_to_sigmas,
+    q_sample,
+    rescale_zero_terminal_snr,
+    sigmas_to_alphas_cumprod,
+    vp_cosine_alphas_cumprod,
+    vp_linear_alphas_cumprod,
+)
+from .ode import solve_pf_ode
+from .oracle import GaussianMixture, GaussianOracle
+from .registry import Registry, UnknownNameError
+from .sample import sample
+from .samplers import SAMPLERS, sampler_nfe, steps_for_nfe
+from .steps import SCHEDULES, WarpedSchedule, get_sigmas
+from .tuning import pf_ode_reference, rms_error, tune_schedule
+
+__all__ = [
+    "PREDICTIONS", "SAMPLERS", "SCHEDULES", "WEIGHTINGS",
+    "ClassifierFreeGuidance", "Denoiser", "DiscreteSigma", "DiscreteTimesteps", "EDMNoise",
+    "GaussianMixture", "GaussianOracle", "Inpaint", "LogNormalSigma", "Precond", "Registry",
+    "UnknownNameError", "VPUniformTSigma", "WarpedSchedule",
+    "add_noise", "alphas_cumprod_to_sigmas", "denoising_loss", "get_sigmas", "img2img_start",
+    "pf_ode_reference", "q_sample", "repaint", "rescale_zero_terminal_snr", "rms_error", "sample",
+    "sampler_nfe", "scalings", "sigmas_to_alphas_cumprod", "solve_pf_ode", "steps_for_nfe",
+    "tune_schedule", "vp_cosine_alphas_cumprod", "vp_denoiser", "vp_linear_alphas_cumprod",
+]

@@ -1,0 +1,119 @@
+"""Training: noise-level distributions, loss weightings and the denoising loss.
+
+Every loss here is written on the denoiser output, ``lambda(sigma) * |D(x0 + sigma n, sigma) - x0|^2``,
+whatever the network predicts; the weightings below say how each classic
+objective looks in that form (SNR = 1 / sigma^2 in the VE view):
+
+- ``edm``: lambda = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2 (Karras et al. 2022).
+- ``snr``: lambda = 1 / sigma^2, i.e. DDPM's L_simple on eps.
+- ``min_snr``: lambda = min(SNR, gamma) (Hang et al. 2023), default gamma = 5.
+- ``v``: lambda = SNR + 1, i.e. plain MSE on v (sigma_data = 1).
+- ``uniform``: lambda = 1, plain MSE on x0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .noise import vp_continuous_sigma
+from .registry import Registry
+from .tensors import check_finite_number, sigma_batch, sigma_view
+
+WEIGHTINGS = Registry("loss weighting")
+
+
+@WEIGHTINGS.register("edm")
+def edm_weight(sigma: Tensor, sigma_data: float = 0.5, **_: Any) -> Tensor:
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+@WEIGHTINGS.register("snr")
+def snr_weight(sigma: Tensor, **_: Any) -> Tensor:
+    return sigma**-2
+
+
+@WEIGHTINGS.register("min_snr")
+def min_snr_weight(sigma: Tensor, gamma: float = 5.0, **_: Any) -> Tensor:
+    return (sigma**-2).clamp(max=gamma)
+
+
+@WEIGHTINGS.register("v")
+def v_weight(sigma: Tensor, **_: Any) -> Tensor:
+    return sigma**-2 + 1
+
+
+@WEIGHTINGS.register("uniform")
+def uniform_weight(sigma: Tensor, **_: Any) -> Tensor:
+    return torch.ones_like(sigma)
+
+
+def _uniform(n: int, generator: torch.Generator | None, stratified: bool) -> Tensor:
+    """n uniforms in (0, 1); stratified: one per interval [i/n, (i+1)/n), shuffled."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if stratified:
+        u = (torch.randperm(n, generator=generator).to(torch.float64) + u) / n
+    return u
+
+
+class LogNormalSigma:
+    """EDM's training distribution: ln sigma ~ N(p_mean, p_std^2) (EDM: -1.2, 1.2; EDM2: -0.4, 1.0)."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, stratified: bool = False):
+        self.p_mean = check_finite_number("p_mean", p_mean)
+        self.p_std = check_finite_number("p_std", p_std, positive=True)
+        self.stratified = stratified
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        u = _uniform(n, generator, self.stratified).clamp(1e-12, 1 - 1e-12)
+        z = math.sqrt(2) * torch.erfinv(2 * u - 1)
+        return (self.p_mean + self.p_std * z).exp()
+
+
+class VPUniformTSigma:
+    """Continuous VP training: t ~ U(eps_t, 1), sigma = sigma_VP(t) (Song et al. 2021)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_d: float = 19.9, eps_t: float = 1e-5, stratified: bool = False):
+        self.beta_min, self.beta_d, self.eps_t = beta_min, beta_d, eps_t
+        self.stratified = stratified
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        t = self.eps_t + (1 - self.eps_t) * _uniform(n, generator, self.stratified)
+        return vp_continuous_sigma(t, self.beta_min, self.beta_d)
+
+
+class DiscreteSigma:
+    """DDPM training: a timestep drawn uniformly from a table of sigmas (see noise.alphas_cumprod_to_sigmas)."""
+
+    def __init__(self, sigmas: Tensor, stratified: bool = False):
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        self.stratified = stratified
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        u = _uniform(n, generator, self.stratified)
+        idx = (u * len(self.sigmas)).long().clamp(max=len(self.sigmas) - 1)
+        return self.sigmas[idx]
+
+
+def denoising_loss(
+    denoiser: Callable[..., Tensor],
+    x0: Tensor,
+    sigma: Tensor,
+    noise: Tensor,
+    weighting: str | Callable[..., Tensor] = "edm",
+    weighting_opts: dict[str, Any] | None = None,
+    **cond: Any,
+) -> Tensor:
+    """Per-sample weighted denoising loss ``lambda(sigma) * mean |D(x0 + sigma n, sigma) - x0|^2``.
+
+    Returns a (B,) tensor; average it (or weight it further) to train.
+    """
+    s = sigma_batch(sigma, x0)
+    weight = WEIGHTINGS.resolve(weighting)(s, **(weighting_opts or {}))
+    x = x0 + sigma_view(s, x0) * noise
+    err = (denoiser(x, s, **cond) - x0) ** 2
+    return weight * err.flatten(1).mean(1)
