@@ -106,10 +106,7 @@ def repaint(denoiser, image: Tensor, mask: Tensor, x: Tensor, sigmas: Tensor, *,
         reps = resample if bool(pair[1] > 0) else 1
         for r in range(reps):
             x_new = step(d, x, pair, generator=generator, **sampler_opts)
-            if r < reps - 1:
-                x = x_new + (pair[0] ** 2 - pair[1] ** 2).sqrt() * randn_like(x_new, generator)
-            else:
-                x = x_new
+            x = x_new + (pair[0] ** 2 - pair[1] ** 2).sqrt() * randn_like(x_new, generator) if r < reps - 1 else x_new
         if callback is not None:
             callback({"i": i, "x": x, "sigma": pair[0], "sigma_next": pair[1], "denoised": x})
     return x

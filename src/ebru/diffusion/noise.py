@@ -27,17 +27,24 @@ def _check_steps(T: int) -> int:
     return T
 
 
-def vp_linear_alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """DDPM's linear beta schedule (Ho et al. 2020): alpha-bar for t = 1..T (float64)."""
+def vp_linear_alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                             zero_terminal_snr: bool = False) -> Tensor:
+    """DDPM's linear beta schedule (Ho et al. 2020): alpha-bar for t = 1..T (float64).
+
+    ``zero_terminal_snr`` applies :func:`rescale_zero_terminal_snr` (train such
+    models with v- or x0-prediction: eps cannot recover x0 from pure noise).
+    """
     _check_steps(T)
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0)
+    abar = torch.cumprod(1 - betas, 0)
+    return rescale_zero_terminal_snr(abar) if zero_terminal_snr else abar
 
 
-def vp_cosine_alphas_cumprod(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
-    """The cosine schedule (Nichol & Dhariwal 2021), betas clipped at ``max_beta``."""
+def vp_cosine_alphas_cumprod(T: int = 1000, s: float = 0.008, max_beta: float = 0.999,
+                             zero_terminal_snr: bool = False) -> Tensor:
+    """The cosine schedule (Nichol & Dhariwal 2021), betas clipped at ``max_beta``; see also ``zero_terminal_snr``."""
     _check_steps(T)
 
     def f(t: Tensor) -> Tensor:
@@ -46,7 +53,8 @@ def vp_cosine_alphas_cumprod(T: int = 1000, s: float = 0.008, max_beta: float = 
     t = torch.arange(T + 1, dtype=torch.float64)
     abar = f(t) / f(torch.zeros((), dtype=torch.float64))
     betas = (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
-    return torch.cumprod(1 - betas, 0)
+    abar = torch.cumprod(1 - betas, 0)
+    return rescale_zero_terminal_snr(abar) if zero_terminal_snr else abar
 
 
 def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:

@@ -182,8 +182,14 @@ class GaussianMixture:
         return (resp[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
 
     def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0, class_labels: Tensor | None = None) -> Tensor:
+        """log p_sigma(x), or log p_sigma(x | y) with ``class_labels`` (normalised within the class)."""
         y, var = self._parts(x, sigma)
-        return torch.logsumexp(self._log_resp(y, var, class_labels), dim=1)
+        joint = torch.logsumexp(self._log_resp(y, var, class_labels), dim=1)
+        if class_labels is None:
+            return joint
+        cl = torch.as_tensor(class_labels).reshape(-1, 1)
+        keep = (self.labels[None, :] == cl) | (cl < 0)
+        return joint - torch.logsumexp(self.log_weights.masked_fill(~keep, -math.inf), dim=1)
 
     def score(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         s2 = sigma_batch(sigma, x).to(_F64).reshape((-1,) + (1,) * (x.ndim - 1)) ** 2

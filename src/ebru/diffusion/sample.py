@@ -18,7 +18,7 @@ from .editing import Inpaint, img2img_start
 from .guidance import ClassifierFreeGuidance
 from .samplers import SAMPLERS, Callback
 from .steps import get_sigmas
-from .tensors import randn_like, seed_generators
+from .tensors import check_finite_number, randn_like, seed_generators
 
 
 def _progress_callback(total: int, desc: str, user: Callback) -> tuple[Callback, Callable[[], None]]:
@@ -41,8 +41,8 @@ def sample(
     sampler: str | Callable[..., Tensor] = "dpmpp_2m",
     steps: int = 20,
     schedule: str | Callable[..., Tensor] = "karras",
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
     seeds: Sequence[int] | int | None = None,
     sampler_opts: Mapping[str, Any] | None = None,
     schedule_opts: Mapping[str, Any] | None = None,
@@ -64,7 +64,9 @@ def sample(
         denoiser: ``D(x, sigma, **cond)``.
         shape: full batch shape ``(B, ...)``.
         sampler, steps, schedule, sigma_min, sigma_max: see ``SAMPLERS`` and ``SCHEDULES``;
-            ``steps`` counts schedule intervals (NFE depends on the sampler).
+            ``steps`` counts schedule intervals (NFE depends on the sampler). The
+            sigma range defaults to the denoiser's ``sigma_min``/``sigma_max``
+            attributes (set by :func:`vp_denoiser`), else EDM's 0.002 and 80.
         seeds: one integer per sample, or a first seed (then ``seed, seed+1, ...``);
             default ``0..B-1``.
         guidance_scale, uncond, guidance_interval: classifier-free guidance
@@ -87,6 +89,8 @@ def sample(
     if len(seeds) != batch:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
     step_fn = SAMPLERS.resolve(sampler)
+    sigma_min = getattr(denoiser, "sigma_min", 0.002) if sigma_min is None else sigma_min
+    sigma_max = getattr(denoiser, "sigma_max", 80.0) if sigma_max is None else sigma_max
     sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, **(schedule_opts or {})).to(device)
     gens = seed_generators(seeds)
     noise = randn_like(torch.empty(shape, dtype=dtype), gens).to(device)
@@ -96,6 +100,9 @@ def sample(
         d = ClassifierFreeGuidance(d, guidance_scale, uncond=uncond, interval=guidance_interval)
     if mask is not None and init is None:
         raise ValueError("mask needs init: the image whose unmasked region is kept")
+    strength = check_finite_number("strength", strength)
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     if init is not None:
         init = init.to(device, dtype)
         if tuple(init.shape) != shape:

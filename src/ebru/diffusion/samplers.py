@@ -351,10 +351,10 @@ def _uni_update(x: Tensor, lam_s: Tensor, lam_t: Tensor, m0: Tensor, lam_prev: l
     if m_t is None:
         if p == 1:
             return base
-        R, b, b_h = _unipc_coefficients(torch.stack(rks + [torch.ones_like(h)]), h, variant)
+        R, b, b_h = _unipc_coefficients(torch.stack([*rks, torch.ones_like(h)]), h, variant)
         rhos = torch.full_like(h, 0.5).reshape(1) if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
         return base - b_h * sum(r * d for r, d in zip(rhos, diffs, strict=True))
-    R, b, b_h = _unipc_coefficients(torch.stack(rks + [torch.ones_like(h)]), h, variant)
+    R, b, b_h = _unipc_coefficients(torch.stack([*rks, torch.ones_like(h)]), h, variant)
     rhos = torch.full_like(h, 0.5).reshape(1) if p == 1 else torch.linalg.solve(R, b)
     corr = sum((r * d for r, d in zip(rhos[:-1], diffs, strict=True)), torch.zeros_like(x))
     return base - b_h * (corr + rhos[-1] * (m_t - m0))

@@ -33,6 +33,13 @@ def sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
     """A (B,) tensor of noise levels for the batch ``x``; keeps autograd through ``sigma``."""
     if not isinstance(sigma, Tensor):
         return x.new_full((x.shape[0],), float(sigma))
+    if sigma.ndim > 1:
+        sigma = sigma.reshape(sigma.shape[0], -1)
+        if sigma.shape[1] != 1:
+            raise ValueError(f"sigma must hold one level per sample, got shape {tuple(sigma.shape)}")
+        sigma = sigma[:, 0]
+    if sigma.ndim == 1 and sigma.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"sigma has {sigma.shape[0]} entries for a batch of {x.shape[0]}")
     return sigma.to(x.dtype) * x.new_ones(x.shape[0])
 
 

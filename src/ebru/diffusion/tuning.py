@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .ode import solve_pf_ode
 from .samplers import SAMPLERS
-from .steps import WarpedSchedule, get_sigmas
+from .steps import SCHEDULES, WarpedSchedule, get_sigmas
 from .tensors import sigma_batch
 
 
@@ -52,7 +52,7 @@ def tune_schedule(
     *,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
-    init: str = "karras",
+    init: str = "best",
     reference: Tensor | None = None,
     iters: int = 300,
     lr: float = 0.05,
@@ -65,7 +65,8 @@ def tune_schedule(
         x: a batch of starting points at ``sigma_max`` (noise times sigma_max);
             a few dozen suffice.
         reference: the exact results for ``x``; computed with :func:`pf_ode_reference` if omitted.
-        init: schedule to start from (a ``SCHEDULES`` name).
+        init: schedule to start from: a ``SCHEDULES`` name, or ``"best"`` (default)
+            for whichever registered schedule has the lowest error on ``x``.
         iters, lr: Adam iterations and learning rate on the log-gap logits.
 
     Returns the best schedule seen (lowest training error); its ``info`` records
@@ -74,17 +75,28 @@ def tune_schedule(
     fn = SAMPLERS[sampler]
     if getattr(fn, "stochastic", False):
         raise ValueError(f"sampler {sampler!r} is stochastic; schedules are tuned for deterministic samplers")
-    init_sigmas = get_sigmas(init, steps, sigma_min, sigma_max)
-    if steps < 3:  # no interior level to move
-        return WarpedSchedule.from_sigmas(init_sigmas, name=f"tuned-{sampler}-{steps}")
+    opts = sampler_opts or {}
+    if init != "best":
+        get_sigmas(init, steps, sigma_min, sigma_max)  # validates the name and range early
+    for key in ("s_churn", "eta"):
+        if float(opts.get(key, 0) or 0) != 0:
+            raise ValueError(f"sampler option {key}={opts[key]} makes {sampler!r} stochastic; "
+                             "schedules are tuned for deterministic sampling")
+    if steps < 3:  # no interior level to move: sigma_max, sigma_min (n = 2) and 0
+        return WarpedSchedule([0.0, 1.0], name=f"tuned-{sampler}-{steps}")
     if reference is None:
         reference = pf_ode_reference(denoiser, x, sigma_max, sigma_min)
     x = x.to(torch.float64)
+    if init == "best":
+        with torch.no_grad():
+            errs = {name: float((fn(denoiser, x, get_sigmas(name, steps, sigma_min, sigma_max), **opts)
+                                 - reference).pow(2).mean()) for name in SCHEDULES}
+        init = min(errs, key=lambda k: errs[k] if math.isfinite(errs[k]) else math.inf)
+    init_sigmas = get_sigmas(init, steps, sigma_min, sigma_max)
     ls = init_sigmas[:-1].log()
     u = (ls[0] - ls) / (ls[0] - ls[-1])
     theta = (u[1:] - u[:-1]).clamp(min=1e-6).log().clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
-    opts = sampler_opts or {}
 
     def error(th: Tensor) -> Tensor:
         out = fn(denoiser, x, _levels(th, sigma_min, sigma_max), **opts)
@@ -98,7 +110,7 @@ def tune_schedule(
         iterator = tqdm(iterator, desc=f"tuning {sampler} n={steps}", leave=False)
     for _ in iterator:
         loss = error(theta)
-        value = float(loss)
+        value = float(loss.detach())
         first = value if first is None else first
         if not math.isfinite(value):
             break

@@ -1,0 +1,83 @@
+"""Shared helpers for ebru's benchmark scripts: machine description, result files, peers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    info = {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        info["ebru_revision"] = rev.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["ebru_revision"] = None
+    return info
+
+
+def write_result(name: str, summary: dict, **extra) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with ``summary``, ``machine`` and any extra fields."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"summary": summary, "machine": machine(), **extra}, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+def load_kdiffusion_sampling():
+    """Import k-diffusion's ``sampling.py`` alone.
+
+    The k-diffusion package's ``__init__`` imports torchvision, clean-fid and wandb,
+    which do not install beside the offline CPU torch. Its samplers need only
+    ``utils.append_dims`` from the package, provided here. Install the peer with
+    ``pip install --no-deps k-diffusion==0.1.1.post1 torchdiffeq torchsde scipy``.
+    """
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1 && "
+                 "pip install torchdiffeq torchsde scipy")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = [str(root)]
+    utils = types.ModuleType("k_diffusion.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    pkg.utils = utils
+    sys.modules.update({"k_diffusion": pkg, "k_diffusion.utils": utils})
+    s = importlib.util.spec_from_file_location("k_diffusion.sampling", root / "sampling.py")
+    mod = importlib.util.module_from_spec(s)
+    sys.modules["k_diffusion.sampling"] = mod
+    try:
+        s.loader.exec_module(mod)
+    except ImportError as e:
+        sys.exit(f"k-diffusion's sampling.py needs {e.name}: pip install torchdiffeq torchsde scipy")
+    return mod

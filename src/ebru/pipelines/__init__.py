@@ -1,0 +1,1 @@
+"""What users call: end-to-end jobs built from the layers below."""
