@@ -10,13 +10,13 @@ install:
 	$(PIP) install --quiet -e ".[dev]"
 
 demo: install
-	ebru demo --out $(OUT)
+	$(PYTHON) -m ebru demo --out $(OUT)
 
 test: install
 	$(PYTHON) -m pytest -q
 
 lint: install
-	ruff check .
+	$(PYTHON) -m ruff check .
 
 bench-deps: install
 	$(PIP) install --quiet --no-deps k-diffusion==0.1.1.post1
