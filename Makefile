@@ -3,11 +3,20 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 OUT ?= ebru-out
 
-.PHONY: install demo test lint bench-deps bench
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
-install:
+.PHONY: install data demo quickstart test lint bench-deps bench
+
+install: data
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[dev]"
+
+# Fashion-MNIST ships as a Debian package (original IDX files); installed once, as root.
+data:
+	@test -d $(FASHION_MNIST) || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist; }
+
+quickstart: install
+	$(PYTHON) -m ebru quickstart --out $(OUT)
 
 demo: install
 	$(PYTHON) -m ebru demo --out $(OUT)

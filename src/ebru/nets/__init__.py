@@ -1,0 +1,61 @@
+"""ebru.nets: ``nn.Module``s only — the U-Net, the DiT and the layers they share.
+
+Every network has the signature::
+
+    net(x (B,C,H,W), c_noise (B,), class_labels=None, encoder_states=None, encoder_mask=None) -> (B,out,H,W)
+
+and becomes a Denoiser through :class:`ebru.diffusion.Precond`. Build one from a
+config (a dataclass or the dict in a model package's ``config.json``) with
+:func:`build_net`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .config import DiTConfig, NetConfig, UNetConfig, _suggest
+from .dit import DiT
+from .layers import (
+    CrossAttention,
+    FourierEmbedding,
+    LabelEmbedding,
+    NoiseEmbedding,
+    PositionalEmbedding,
+    SelfAttention,
+    TextContext,
+)
+from .unet import UNet
+
+NET_CONFIGS: dict[str, type[NetConfig]] = {"unet": UNetConfig, "dit": DiTConfig}
+NETS: dict[str, type[nn.Module]] = {"unet": UNet, "dit": DiT}
+
+
+def build_net(config: dict[str, Any] | UNetConfig | DiTConfig) -> nn.Module:
+    """Build a network from a config dataclass or a dict with a ``"kind"`` key (``"unet"`` or ``"dit"``).
+
+    Raises ``ValueError`` for a missing or unknown kind, unknown keys (naming the
+    nearest valid one) and invalid values.
+    """
+    if isinstance(config, dict):
+        if "kind" not in config:
+            raise ValueError(f"a network config needs a 'kind' key; valid kinds: {', '.join(NET_CONFIGS)}")
+        kind = config["kind"]
+        if kind not in NET_CONFIGS:
+            raise ValueError(f"unknown network kind {kind!r}{_suggest(str(kind), tuple(NET_CONFIGS))}; "
+                             f"valid kinds: {', '.join(NET_CONFIGS)}")
+        config = NET_CONFIGS[kind].from_dict(config)
+    if isinstance(config, UNetConfig):
+        return UNet(config)
+    if isinstance(config, DiTConfig):
+        return DiT(config)
+    raise ValueError(f"build_net needs a dict, UNetConfig or DiTConfig, got {type(config).__name__}")
+
+
+__all__ = [
+    "NETS", "NET_CONFIGS",
+    "CrossAttention", "DiT", "DiTConfig", "FourierEmbedding", "LabelEmbedding", "NetConfig", "NoiseEmbedding",
+    "PositionalEmbedding", "SelfAttention", "TextContext", "UNet", "UNetConfig",
+    "build_net",
+]

@@ -1,0 +1,166 @@
+"""Training configuration: one dataclass, TOML files, and ``--set key=value`` overrides.
+
+A config file is TOML with top-level training keys and a ``[model]`` table for the
+network (see ``ebru.nets``)::
+
+    steps = 2000
+    batch_size = 64
+    [model]
+    kind = "unet"
+    channels = 32
+
+``--set lr=2e-4 --set model.channels=48`` overrides any key; values are parsed as
+TOML literals (numbers, booleans, strings, arrays), falling back to a plain string.
+Unknown keys are an error that names the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "fashion-mnist"  # "fashion-mnist" or a folder of images
+    image_size: int | None = None  # folder datasets: resize + center crop
+    class_conditional: bool = True  # use the dataset's labels (if it has them)
+    hflip: bool = False  # random horizontal flips
+    # network and preconditioning
+    model: dict[str, Any] = field(default_factory=dict)
+    prediction: str = "edm"  # eps | x0 | v | edm
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2  # EDM log-normal training noise
+    p_std: float = 1.2
+    weighting: str = "edm"
+    cond_dropout: float = 0.1  # share of labels replaced by the null label (for CFG)
+    # optimisation
+    steps: int = 1000
+    time_budget: float | None = None  # minutes; stops early (and cleanly) when spent
+    batch_size: int = 64  # global batch, across devices and accumulation
+    batch_per_device: int | None = None  # micro-batch; accumulation = batch / (devices * micro)
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    lr_decay: str = "none"  # none | cosine
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = 1.0
+    ema_halflife_images: float = 25_000.0  # EMA half-life counted in training images
+    ema_rampup: float | None = 0.05  # half-life <= this share of images seen so far (EDM)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 uses loss scaling)
+    seed: int = 0
+    # logging and outputs
+    log_every: int = 50
+    sample_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_sampler: str = "dpmpp_2m"
+    sample_steps: int = 20
+    sample_guidance: float = 2.0
+    license: str = "mit"  # licence written into the model card
+    device: str = "auto"  # auto | cpu | cuda
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in names:
+                raise ValueError(unknown_key_message(key, names, "training config"))
+        cfg = cls(**{k: v for k, v in d.items()})
+        cfg.betas = tuple(cfg.betas)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer >= 1, got {self.steps!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1")
+        need(self.batch_per_device is None or (isinstance(self.batch_per_device, int) and self.batch_per_device >= 1),
+             "batch_per_device must be an integer >= 1")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.cond_dropout < 1, f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        need(self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 minutes")
+        need(self.precision in ("fp32", "bf16", "fp16"),
+             f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        need(self.lr_decay in ("none", "cosine"), f"lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
+        need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        need(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
+        need(self.ema_halflife_images >= 0, "ema_halflife_images must be >= 0")
+        need(isinstance(self.model, dict), "model must be a table of network settings")
+
+
+def unknown_key_message(key: str, valid: set[str] | list[str], where: str) -> str:
+    near = difflib.get_close_matches(key, sorted(valid), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(valid))}"
+    return f"unknown {where} key {key!r}{hint}"
+
+
+def parse_value(text: str) -> Any:
+    """A TOML literal (``3``, ``1e-4``, ``true``, ``[1, 2]``, ``"x"``), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings; ``model.key=value`` sets a network setting."""
+    d = {**d, "model": dict(d.get("model", {}))}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        if key.startswith("model."):
+            d["model"][key[len("model."):]] = parse_value(text)
+        else:
+            d[key] = parse_value(text)
+    return d
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.toml"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file path, or the name of a built-in recipe (``quickstart``, ``fashion_mnist_gpu``, ...)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    recipe = RECIPES / f"{name_or_path}.toml"
+    if recipe.is_file():
+        return recipe
+    raise FileNotFoundError(f"config not found: {name_or_path} (not a file, nor a built-in recipe: "
+                            f"{', '.join(recipe_names())})")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML config or recipe (or defaults with ``path=None``) and apply overrides."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = resolve_config(path)
+        try:
+            d = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: not valid TOML ({e})") from None
+    return TrainConfig.from_dict(apply_overrides(d, overrides or []))

@@ -1,0 +1,53 @@
+"""Image grids: tensors in [-1, 1] to a labelled PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:
+    """Tile (B, C, H, W) images into one (H', W', C) uint8 array, ``nrow`` images per row."""
+    imgs = to_uint8(images)
+    b, h, w, c = imgs.shape
+    ncol = nrow
+    nrows = (b + ncol - 1) // ncol
+    grid = torch.full((nrows * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, dtype=torch.uint8)
+    for i in range(b):
+        r, k = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = imgs[i]
+    return grid
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[str] | None = None,
+              title: str | None = None, scale: int = 3) -> Path:
+    """Save a grid PNG; with ``row_labels`` (one per row) the rows are labelled on the left."""
+    from PIL import Image, ImageDraw
+
+    grid = make_grid(images, nrow)
+    img = Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy())
+    img = img.convert("RGB").resize((img.width * scale, img.height * scale), Image.NEAREST)
+    left = 110 if row_labels else 0
+    top = 24 if title else 0
+    canvas = Image.new("RGB", (img.width + left, img.height + top), "white")
+    canvas.paste(img, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((left + 4, 5), title, fill="black")
+    if row_labels:
+        rows = len(row_labels)
+        row_h = img.height / rows
+        for i, label in enumerate(row_labels):
+            draw.text((4, top + int(row_h * (i + 0.5)) - 6), str(label)[:16], fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

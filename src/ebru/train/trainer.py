@@ -1,0 +1,299 @@
+"""One Trainer for every image recipe: EDM-style denoiser training with budgets, EMA and exact resume.
+
+Each step draws a *global* batch from one seeded generator (indices, flips, noise
+levels, noise, condition dropout) and every device takes its slice, so results
+depend on the global batch only — not on the number of devices or the
+micro-batch (gradient accumulation). All of the trainer's randomness lives in
+that generator and in torch's global RNG (dropout), and both are checkpointed,
+so ``--resume`` continues bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ebru.data import ImageDataset, load_dataset
+from ebru.diffusion import LogNormalSigma, Precond, denoising_loss, sample
+from ebru.nets import build_net
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed
+from .ema import EMA
+from .export import export_model
+from .grid import save_grid
+
+
+def _net_config(cfg: TrainConfig, data: ImageDataset) -> dict[str, Any]:
+    c, h, w = data.image_shape
+    if h != w:
+        raise ValueError(f"images must be square, got {h}x{w}")
+    net = {"kind": "unet", **cfg.model}
+    for key, value in (("image_size", h), ("in_channels", c), ("out_channels", c)):
+        if key in cfg.model and cfg.model[key] != value:
+            raise ValueError(f"model.{key} = {cfg.model[key]} but the data has {key.replace('_', ' ')} {value}")
+        net[key] = value
+    net["num_classes"] = data.num_classes if (cfg.class_conditional and data.num_classes) else None
+    return net
+
+
+class Trainer:
+    """Train a denoiser on an image dataset and write a model directory.
+
+    Args:
+        cfg: the training configuration.
+        out_dir: run directory (``checkpoints/``, ``samples/``, ``log.csv``, ``model/``).
+        resume: continue from the newest checkpoint in ``out_dir``.
+        dataset: an ``ImageDataset`` to use instead of ``cfg.data``.
+        progress: show a progress bar (main process only).
+    """
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 dataset: ImageDataset | None = None, progress: bool = True):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.dist: DistInfo = init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.progress = progress and self.dist.is_main
+        self.data = dataset if dataset is not None else load_dataset(cfg.data, image_size=cfg.image_size)
+        images, labels = self.data.tensors()
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.net_config = _net_config(cfg, self.data)
+        self.conditional = self.net_config["num_classes"] is not None
+
+        world, B = self.dist.world_size, cfg.batch_size
+        micro = cfg.batch_per_device or B // world
+        if micro < 1 or B % (world * micro):
+            raise ValueError(f"batch_size {B} must be a multiple of devices ({world}) x batch_per_device ({micro})")
+        self.micro, self.accum = micro, B // (world * micro)
+
+        torch.manual_seed(cfg.seed)
+        self.net = build_net(self.net_config).to(self.device)
+        self.model = Precond(self.net, cfg.prediction, cfg.sigma_data).to(self.device)
+        self.train_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                     weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.net, cfg.ema_halflife_images, cfg.ema_rampup)
+        self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
+        self.step, self.images_seen, self.elapsed = 0, 0, 0.0
+        self.losses: list[float] = []
+        if resume:
+            self._resume()
+        elif self.dist.is_main and ckpt.list_checkpoints(self.out / "checkpoints"):
+            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose a new --out")
+
+    # ----------------------------------------------------------------------------------------- state
+    def _resume(self) -> None:
+        state = ckpt.load_latest(self.out / "checkpoints")
+        if state is None:
+            raise ValueError(f"--resume: no loadable checkpoint in {self.out / 'checkpoints'}")
+        saved_net = state["state"].get("net_config")
+        if saved_net != self.net_config:
+            raise ValueError("--resume: the checkpoint was trained with a different model config")
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.gen.set_state(state["rng"]["data"])
+        s = state["state"]
+        self.step, self.images_seen, self.elapsed = s["step"], s["images_seen"], s["elapsed"]
+        self.losses = list(s.get("recent_losses", []))
+        if self.dist.is_main:
+            self._truncate_log()
+            print(f"resumed from step {self.step} ({self.images_seen} images, {self.elapsed / 60:.1f} min)")
+
+    def _truncate_log(self) -> None:
+        log = self.out / "log.csv"
+        if log.is_file():
+            rows = list(csv.reader(log.open()))
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+            with log.open("w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return ckpt.save_checkpoint(
+            self.out / "checkpoints", self.step,
+            model=self.net.state_dict(), ema=self.ema.state_dict(), optimizer=self.opt.state_dict(),
+            rng={"torch": torch.get_rng_state(), "data": self.gen.get_state()},
+            state={"images_seen": self.images_seen, "elapsed": self.elapsed, "net_config": self.net_config,
+                   "train_config": self.cfg.to_dict(), "recent_losses": self.losses[-100:]},
+            keep=self.cfg.keep_checkpoints)
+
+    # ------------------------------------------------------------------------------------- training
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+        if cfg.lr_decay == "cosine" and step >= cfg.warmup_steps:
+            frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+            lr *= 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        return lr
+
+    def _global_batch(self) -> dict[str, Tensor]:
+        """Everything random about one step, drawn for the whole global batch from ``self.gen``."""
+        B, g = self.cfg.batch_size, self.gen
+        batch = {
+            "idx": torch.randint(len(self.images), (B,), generator=g),
+            "sigma": self.sigma_dist(B, generator=g).to(torch.float32),
+            "noise": torch.randn((B, *self.images.shape[1:]), generator=g),
+            "drop": torch.rand(B, generator=g) < self.cfg.cond_dropout,
+        }
+        if self.cfg.hflip:
+            batch["flip"] = torch.rand(B, generator=g) < 0.5
+        return batch
+
+    def _micro_loss(self, batch: dict[str, Tensor], part: slice) -> Tensor:
+        idx = batch["idx"][part].to(self.device)
+        x0 = self.images[idx]
+        if "flip" in batch:
+            x0 = torch.where(batch["flip"][part].to(self.device)[:, None, None, None], x0.flip(-1), x0)
+        cond = {}
+        if self.conditional:
+            labels = self.labels[idx].clone()
+            labels[batch["drop"][part].to(self.device)] = -1
+            cond["class_labels"] = labels
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = denoising_loss(self.train_model, x0, batch["sigma"][part].to(self.device),
+                                  batch["noise"][part].to(self.device), self.cfg.weighting,
+                                  {"sigma_data": self.cfg.sigma_data}, **cond)
+        return loss.float().mean()
+
+    def train_step(self) -> float:
+        """One optimiser step on one global batch; returns the batch's mean loss."""
+        cfg, world, rank = self.cfg, self.dist.world_size, self.dist.rank
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        batch = self._global_batch()
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for j in range(self.accum):
+            start = (j * world + rank) * self.micro
+            part = slice(start, start + self.micro)
+            last = j == self.accum - 1
+            with self.train_model.no_sync() if self.dist.enabled and not last else nullcontext():
+                loss = self._micro_loss(batch, part) / self.accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        for p in self.net.parameters():  # a non-finite gradient never reaches the weights
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.step += 1
+        self.images_seen += cfg.batch_size
+        self.ema.update(self.net, cfg.batch_size, self.images_seen)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(total)
+            total /= world
+        return float(total)
+
+    # -------------------------------------------------------------------------------------- outputs
+    def ema_denoiser(self) -> Precond:
+        net = copy.deepcopy(self.net).eval()
+        self.ema.copy_to(net)
+        return Precond(net, self.cfg.prediction, self.cfg.sigma_data)
+
+    def sample_grid(self, path: Path, per_class: int = 8) -> Path:
+        d = self.ema_denoiser()
+        cfg = self.cfg
+        shape = self.images.shape[1:]
+        if self.conditional:
+            k = self.net_config["num_classes"]
+            labels = torch.arange(k, device=self.device).repeat_interleave(per_class)
+            x = sample(d, (len(labels), *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps,
+                       sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, seeds=range(len(labels)),
+                       device=self.device, guidance_scale=cfg.sample_guidance,
+                       uncond={"class_labels": torch.full((1,), -1, device=self.device)}, class_labels=labels)
+            names = self.data.class_names or [str(i) for i in range(k)]
+            return save_grid(x, path, nrow=per_class, row_labels=names, title=f"step {self.step}")
+        x = sample(d, (64, *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps, sigma_min=cfg.sigma_min,
+                   sigma_max=cfg.sigma_max, seeds=range(64), device=self.device)
+        return save_grid(x, path, nrow=8, title=f"step {self.step}")
+
+    def _log(self, row: dict[str, Any]) -> None:
+        log = self.out / "log.csv"
+        new = not log.is_file()
+        with log.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def fit(self) -> Path | None:
+        """Train until ``steps`` or the time budget; write checkpoints, logs, samples and ``model/``."""
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        budget = cfg.time_budget * 60 if cfg.time_budget else math.inf
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        t_last, n_last = time.time(), self.images_seen
+        started = time.time() - self.elapsed
+        try:
+            while self.step < cfg.steps:
+                if broadcast_flag(self.dist, time.time() - started >= budget):
+                    if main:
+                        print(f"\ntime budget of {cfg.time_budget:g} min spent at step {self.step}")
+                    break
+                loss = self.train_step()
+                self.losses.append(loss)
+                self.elapsed = time.time() - started
+                if bar is not None:
+                    rate = (self.images_seen - n_last) / max(time.time() - t_last, 1e-9)
+                    left = min((cfg.steps - self.step) * cfg.batch_size / max(rate, 1e-9), budget - self.elapsed)
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", left=f"{left / 60:.1f}m", refresh=False)
+                    bar.update(1)
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    now = time.time()
+                    recent = self.losses[-cfg.log_every:]
+                    self._log({"step": self.step, "images": self.images_seen, "loss": sum(recent) / len(recent),
+                               "lr": self.lr_at(self.step - 1), "images_per_s": (self.images_seen - n_last) /
+                               max(now - t_last, 1e-9), "elapsed_s": round(self.elapsed, 2)})
+                    t_last, n_last = now, self.images_seen
+                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                    barrier(self.dist)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save_checkpoint()
+        model_dir = None
+        if main:
+            self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
+            recent = self.losses[-cfg.log_every:] or [math.nan]
+            model_dir = export_model(self.out / "model", self, final_loss=sum(recent) / len(recent))
+        barrier(self.dist)
+        cleanup(self.dist)
+        return model_dir
+
