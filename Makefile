@@ -1,4 +1,4 @@
-# ebru: the two set-up commands are `make demo` and `make test`; both install what they need first.
+# ebru: the two set-up commands are `make quickstart` and `make test`; both install what they need first.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 OUT ?= ebru-out
@@ -29,7 +29,7 @@ lint: install
 
 bench-deps: install
 	$(PIP) install --quiet --no-deps k-diffusion==0.1.1.post1
-	$(PIP) install --quiet -e ".[bench]"
+	$(PIP) install --quiet -e ".[bench]" diffusers
 
 bench: bench-deps
 	$(PYTHON) benchmarks/sampler_accuracy.py

@@ -81,6 +81,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"ebru quickstart: training a class-conditional Fashion-MNIST model into {args.out}/ ...", flush=True)
     r = run_quickstart(args.out, args.set)
     print(f"\ntrained {r['steps']} steps in {r['minutes']:.1f} min, final loss {r['final_loss']:.4f}")
+    if r["agreement"] is not None:
+        print(f"class agreement: {r['agreement']:.0%} of the grid's {len(r['labels'])} samples are classified as "
+              "the class they were asked for (ebru's Fashion-MNIST feature network)")
     for key in ("model", "samples", "forward", "reverse", "log"):
         print(f"{key + ':':<9}{r[key]}")
     return 0

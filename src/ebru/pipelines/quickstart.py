@@ -25,24 +25,28 @@ def _draw_forward(pipe: ImagePipeline, image: torch.Tensor, path: Path) -> Path:
     sigmas = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 10.0, 80.0]
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(image.shape, generator=g)
-    frames = torch.stack([image + s * noise for s in sigmas])
-    # show x / sqrt(1 + sigma^2 / sigma_data^2)-style scaling so high-noise frames stay visible
-    frames = frames / torch.tensor([1 + s for s in sigmas]).view(-1, 1, 1, 1)
+    frames = torch.stack([image + s * noise for s in sigmas]) * _display_scale(torch.tensor(sigmas))
     return save_grid(frames, path, nrow=len(sigmas), title="forward: x + sigma*eps at sigma = " +
                      ", ".join(f"{s:g}" for s in sigmas) + " (scaled for display)")
+
+
+def _display_scale(sigmas: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(1 + (sigma / 0.5)^2): what the network sees (c_in), so noisy frames stay visible."""
+    return (1 / (1 + (sigmas.float() / 0.5) ** 2).sqrt()).view(-1, 1, 1, 1)
 
 
 def _draw_reverse(pipe: ImagePipeline, label: int, path: Path, steps: int = 12) -> Path:
     xs: list[torch.Tensor] = []
     ds: list[torch.Tensor] = []
+    sig: list[float] = []
 
     def keep(info: dict[str, Any]) -> None:
         xs.append(info["x"][0].cpu())
         ds.append(info["denoised"][0].cpu())
+        sig.append(float(info["sigma_next"]))
 
     pipe(1, class_labels=label, num_inference_steps=steps, seeds=[7], callback=keep)
-    sig = [1 + float(s) for s in torch.linspace(80, 0, len(xs))]
-    noisy = torch.stack(xs) / torch.tensor(sig).view(-1, 1, 1, 1)
+    noisy = torch.stack(xs) * _display_scale(torch.tensor(sig))
     frames = torch.cat([noisy, torch.stack(ds)])
     name = (pipe.class_names or [str(label)])[label]
     return save_grid(frames, path, nrow=len(xs), row_labels=["x (scaled)", "denoised"],
@@ -64,9 +68,16 @@ def run_quickstart(out: str | Path = "ebru-quickstart", overrides: list[str] | N
     grid = save_grid(images, out / "samples.png", nrow=per, row_labels=pipe.class_names,
                      title=f"ebru quickstart: guidance {pipe.config['sampling']['guidance']}, "
                            f"{pipe.config['sampling']['steps']} dpmpp_2m steps")
+    agreement = None
+    try:
+        from ebru.eval import class_agreement, load_feature_net
+
+        agreement = class_agreement(load_feature_net(), images, torch.tensor(labels))
+    except (FileNotFoundError, ValueError):
+        pass
     forward = _draw_forward(pipe, trainer.images[0].cpu(), out / "forward.png")
     reverse = _draw_reverse(pipe, 0, out / "reverse.png")
     t = pipe.config["training"]
     return {"model": out / "model", "samples": grid, "forward": forward, "reverse": reverse,
             "log": out / "log.csv", "steps": t["steps"], "minutes": t["minutes"], "final_loss": t["final_loss"],
-            "images": images, "labels": labels}
+            "images": images, "labels": labels, "agreement": agreement}
