@@ -188,7 +188,23 @@ def test_two_processes_match_one(tmp_path):
     for _ in range(3):
         single.train_step()
     (tmp_path / "two").mkdir()
-    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path / "two"), 2), nprocs=2, join=True)
+    for attempt in range(3):  # the free port can be taken between probing and binding: retry on a new one
+        try:
+            mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path / "two"), 2), nprocs=2, join=True)
+            break
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            if attempt == 2:
+                raise
     got = load_file(str(tmp_path / "two" / "params.safetensors"))
     for k, v in single.net.state_dict().items():
         torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_tensorboard_scalars_are_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(tiny_config(), tmp_path, dataset=tiny_dataset(), progress=False).fit()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]

@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     # logging and outputs
     log_every: int = 50
+    tensorboard: bool = True  # also write TensorBoard scalars to <out>/tensorboard (needs the tensorboard package)
     sample_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

@@ -94,6 +94,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
         self.step, self.images_seen, self.elapsed = 0, 0, 0.0
         self.losses: list[float] = []
+        self._tb = None
+        if cfg.tensorboard and self.dist.is_main:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ValueError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
         if resume:
             self._resume()
         elif self.dist.is_main and ckpt.list_checkpoints(self.out / "checkpoints"):
@@ -244,6 +250,14 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+        if self.cfg.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step)
+            for key in ("loss", "lr", "images_per_s"):
+                self._tb.add_scalar(f"train/{key}", row[key], row["step"])
+            self._tb.flush()
 
     def fit(self) -> Path | None:
         """Train until ``steps`` or the time budget; write checkpoints, logs, samples and ``model/``."""
@@ -287,6 +301,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
         self.save_checkpoint()
         model_dir = None
         if main:
