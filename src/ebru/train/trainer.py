@@ -14,6 +14,7 @@ import copy
 import csv
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,13 @@ class Trainer:
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = self.dist.device
         self.progress = progress and self.dist.is_main
-        self.data = dataset if dataset is not None else load_dataset(cfg.data, image_size=cfg.image_size)
+        if dataset is None:
+            with warnings.catch_warnings():  # the skipped-file report is printed once below, as one line
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = load_dataset(cfg.data, image_size=cfg.image_size)
+            if getattr(dataset, "skipped", None) and self.dist.is_main:
+                print(f"data: {dataset.report}", flush=True)
+        self.data = dataset
         images, labels = self.data.tensors()
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -298,6 +305,11 @@ class Trainer:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                     barrier(self.dist)
+        except KeyboardInterrupt:
+            if main:
+                self.save_checkpoint()
+                print(f"\ninterrupted at step {self.step}: checkpoint saved; continue with --resume", flush=True)
+            raise
         finally:
             if bar is not None:
                 bar.close()
