@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors.torch import save_file
 
 import ebru
@@ -65,7 +64,7 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
         "base_model: null",
         "datasets:",
         f"  - {json.dumps(t['dataset'])}",
-        "pipeline_tag: unconditional-image-generation" if not classes else "pipeline_tag: text-to-image",
+        "pipeline_tag: " + ("class-conditional-image-generation" if classes else "unconditional-image-generation"),
         "intended_use: research and education; generating images like the training set",
         "---",
         "",
@@ -110,6 +109,3 @@ def export_model(path: str | Path, trainer: Trainer, final_loss: float) -> Path:
         raise OSError(e.errno, f"could not write the model to {path} ({e.strerror or e})") from None
     return path
 
-
-def tensor_count(weights: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() for v in weights.values())
