@@ -9,6 +9,7 @@ compare few-step samplers against: a converged solution from the same noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -30,29 +31,22 @@ _B5 = _A[6] + (0.0,)
 _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
 
 
-@torch.no_grad()
-def solve_pf_ode(denoiser, x: Tensor, sigma_from: float, sigma_to: float, *, rtol: float = 1e-8,
-                 atol: float = 1e-9, max_steps: int = 100_000) -> Tensor:
-    """Integrate the PF-ODE from ``sigma_from`` to ``sigma_to`` (both > 0) to tolerance.
+def dopri5(f: Callable[[float, Tensor], Tensor], y: Tensor, u: float, u_end: float, *, rtol: float = 1e-8,
+           atol: float = 1e-9, max_steps: int = 100_000, first_step: float = 0.05,
+           error_norm: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Integrate ``dy/du = f(u, y)`` from ``u`` to ``u_end`` with adaptive Dormand-Prince 5(4).
 
-    One adaptive step size is shared by the batch (the worst sample decides).
-    Returns float64. Raises ``RuntimeError`` if ``max_steps`` is exceeded.
+    ``y`` is (B, ...): the scaled error is measured per sample (``error_norm``, by
+    default the RMS over its entries) and one step size is shared by the batch (the
+    worst sample decides). Raises ``RuntimeError`` if ``max_steps`` is exceeded.
     """
-    s0 = check_finite_number("sigma_from", sigma_from, positive=True)
-    s1 = check_finite_number("sigma_to", sigma_to, positive=True)
-    y = x.to(torch.float64)
-    u, u_end = math.log(s0), math.log(s1)
     direction = 1.0 if u_end > u else -1.0
-
-    def f(u_: float, y_: Tensor) -> Tensor:
-        return y_ - denoiser(y_, sigma_batch(math.exp(u_), y_)).to(torch.float64)
-
-    h = direction * min(abs(u_end - u), 0.05)
+    h = direction * min(abs(u_end - u), first_step)
     k1 = f(u, y)
     steps = 0
     while direction * (u_end - u) > 1e-14:
         if steps >= max_steps:
-            raise RuntimeError(f"solve_pf_ode: no convergence after {max_steps} steps")
+            raise RuntimeError(f"dopri5: no convergence after {max_steps} steps")
         steps += 1
         if direction * (u + h - u_end) > 0:
             h = u_end - u
@@ -63,9 +57,30 @@ def solve_pf_ode(denoiser, x: Tensor, sigma_from: float, sigma_to: float, *, rto
         y5 = y + h * sum(b * k for b, k in zip(_B5, ks, strict=True) if b)
         y4 = y + h * sum(b * k for b, k in zip(_B4, ks, strict=True) if b)
         scale = atol + rtol * torch.maximum(y.abs(), y5.abs())
-        err = float(((y5 - y4) / scale).pow(2).flatten(1).mean(1).sqrt().max())
+        scaled = (y5 - y4) / scale
+        err = float((error_norm(scaled) if error_norm else scaled.pow(2).flatten(1).mean(1).sqrt()).max())
         if err <= 1.0:
             u, y, k1 = u + h, y5, ks[6]  # first-same-as-last
         factor = 5.0 if err == 0 else min(5.0, max(0.2, 0.9 * err ** (-0.2)))
         h = h * factor
     return y
+
+
+@torch.no_grad()
+def solve_pf_ode(denoiser, x: Tensor, sigma_from: float, sigma_to: float, *, rtol: float = 1e-8,
+                 atol: float = 1e-9, max_steps: int = 100_000) -> Tensor:
+    """Integrate the PF-ODE from ``sigma_from`` to ``sigma_to`` (both > 0) to tolerance.
+
+    One adaptive step size is shared by the batch (the worst sample decides).
+    Returns float64. Raises ``RuntimeError`` if ``max_steps`` is exceeded.
+    """
+    s0 = check_finite_number("sigma_from", sigma_from, positive=True)
+    s1 = check_finite_number("sigma_to", sigma_to, positive=True)
+
+    def f(u_: float, y_: Tensor) -> Tensor:
+        return y_ - denoiser(y_, sigma_batch(math.exp(u_), y_)).to(torch.float64)
+
+    try:
+        return dopri5(f, x.to(torch.float64), math.log(s0), math.log(s1), rtol=rtol, atol=atol, max_steps=max_steps)
+    except RuntimeError as e:
+        raise RuntimeError(str(e).replace("dopri5", "solve_pf_ode")) from None

@@ -28,6 +28,7 @@ class FashionFeatureNet(nn.Module):
     """Input (B, 1, 28, 28) in [-1, 1]; ``features`` (B, 256); ``forward`` gives 10 logits."""
 
     feature_dim = 256
+    input_shape = (1, 28, 28)
 
     def __init__(self, num_classes: int = 10):
         super().__init__()

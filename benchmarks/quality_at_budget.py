@@ -1,0 +1,265 @@
+"""Quality at a fixed training budget: ebru's best CPU recipe against diffusers' training-tutorial recipe.
+
+Both models have the same parameter count (1.62M: ebru's U-Net at 32 channels, 2 blocks per level,
+and diffusers' ``UNet2DModel`` with block_out_channels (32, 64, 64), layers_per_block 2 - the same
+ADM topology) and train on Fashion-MNIST's 60,000 training images (random flips) for the same
+minutes of wall clock on this machine. Then each draws ``--n-samples`` images and both are scored by
+FID (and KID, precision/recall) against the 10,000 test images with ebru's feature network.
+
+- **ebru**: ``ebru train fashion_mnist_cpu`` - EDM preconditioning and loss, log-normal noise,
+  AdamW 2e-3 with warmup, batch 32, EMA; sampled with DPM-Solver++(2M), Karras steps.
+- **diffusers tutorial** ("Train a diffusion model", unconditional): ``UNet2DModel`` +
+  ``DDPMScheduler(1000)``, eps-prediction MSE, AdamW 1e-4, cosine schedule with 500 warmup steps,
+  batch 16, gradient clipping at 1; sampled with ``DDIMScheduler`` at 50 steps (eta 0).
+
+Fair timing: by default the two trainings run **at the same time**, one process and one thread
+each, so anything else the machine does slows both alike. ``--sequential`` trains them one after
+the other with all threads instead. The tutorial's cosine schedule needs a step count: it is set
+from the peer's own measured rate over its first 50 steps times the budget.
+
+    python benchmarks/quality_at_budget.py --budget-minutes 20
+    python benchmarks/quality_at_budget.py --skip-peer --samples-dir ebru-samples   # ebru half alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, write_result
+
+NAME = "quality_at_budget"
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------- peer: diffusers tutorial
+def build_peer():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
+                       block_out_channels=(32, 64, 64),
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+def train_peer(out: Path, minutes: float, seed: int = 0) -> dict:
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from safetensors.torch import save_file
+
+    from ebru.data import FashionMNIST, random_hflip
+
+    torch.manual_seed(seed)
+    x_all, _ = FashionMNIST("train").tensors()
+    model = build_peer().train()
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    budget, batch, step, lr_sched = minutes * 60, 16, 0, None
+    start = time.perf_counter()
+    losses = []
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget:
+            break
+        if step == 50 and lr_sched is None:  # the cosine schedule's length, from the measured rate
+            total = int(step / elapsed * budget)
+            lr_sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=500, num_training_steps=total)
+            for _ in range(step):
+                lr_sched.step()
+        idx = torch.randint(0, len(x_all), (batch,), generator=g)
+        clean = random_hflip(x_all[idx], g)
+        noise = torch.randn(clean.shape, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        pred = model(sched.add_noise(clean, noise, t), t).sample
+        loss = F.mse_loss(pred, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if lr_sched is not None:
+            lr_sched.step()
+        else:  # the tutorial's linear warmup, before the schedule exists
+            for group in opt.param_groups:
+                group["lr"] = 1e-4 * min(1.0, (step + 1) / 500)
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        step += 1
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    info = {"steps": step, "images_seen": step * batch, "minutes": (time.perf_counter() - start) / 60,
+            "params": n_params(model), "final_loss": sum(losses[-100:]) / max(len(losses[-100:]), 1),
+            "batch": batch}
+    (out / "train.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+@torch.no_grad()
+def sample_peer(model_dir: Path, n: int, steps: int = 50, batch: int = 250) -> torch.Tensor:
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from safetensors.torch import load_file
+
+    model = build_peer()
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    model.eval()
+    ddim = DDIMScheduler.from_config(DDPMScheduler(num_train_timesteps=1000).config)
+    ddim.set_timesteps(steps)
+    out = []
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, n, batch), desc="diffusers DDIM-50 sampling"):
+        k = min(batch, n - i)
+        x = torch.cat([torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(s))
+                       for s in range(i, i + k)])
+        for t in ddim.timesteps:
+            x = ddim.step(model(x, t).sample, t, x, eta=0.0).prev_sample
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- ebru
+def train_ebru(out: Path, minutes: float) -> dict:
+    from ebru.train import Trainer, load_config
+
+    cfg = load_config("fashion_mnist_cpu", [f"time_budget={minutes}", "tensorboard=false", "sample_every=0"])
+    trainer = Trainer(cfg, out, progress=False)
+    trainer.fit()
+    t = json.loads((out / "model" / "config.json").read_text())["training"]
+    info = {"steps": t["steps"], "images_seen": t["images_seen"], "minutes": t["minutes"],
+            "params": n_params(trainer.net), "final_loss": t["final_loss"], "batch": cfg.batch_size}
+    (out / "train.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def sample_ebru(model_dir: Path, n: int, sampler: str, steps: int, batch: int = 250) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    from ebru.pipelines.image import ImagePipeline
+
+    pipe = ImagePipeline.from_pretrained(model_dir)
+    out = []
+    for i in tqdm(range(0, n, batch), desc=f"ebru {sampler}-{steps} sampling"):
+        k = min(batch, n - i)
+        out.append(pipe(k, sampler=sampler, num_inference_steps=steps, seeds=list(range(i, i + k))).clamp(-1, 1))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- driver
+def _train_role(role: str, out: Path, minutes: float) -> None:
+    torch.set_num_threads(int(os.environ.get("EBRU_BENCH_THREADS", "1")))
+    info = train_ebru(out / "ebru", minutes) if role == "ebru" else train_peer(out / "peer", minutes)
+    print(json.dumps(info))
+
+
+def _launch(role: str, out: Path, minutes: float, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "EBRU_BENCH_THREADS": str(threads)}
+    log = open(out / f"train-{role}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, __file__, "--role", role, "--out-dir", str(out),
+                             "--budget-minutes", str(minutes)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(procs: dict[str, subprocess.Popen], out: Path) -> None:
+    for role, p in procs.items():
+        if p.wait() != 0:
+            tail = (out / f"train-{role}.log").read_text()[-2000:]
+            sys.exit(f"{role} training failed:\n{tail}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget-minutes", type=float, default=20.0, help="training minutes for each recipe")
+    ap.add_argument("--n-samples", type=int, default=2000)
+    ap.add_argument("--skip-peer", action="store_true", help="run the ebru half only (the peer's last figures "
+                    "are kept from the previous result file when it used the same budget and N)")
+    ap.add_argument("--skip-train", action="store_true", help="reuse the models already in --out-dir")
+    ap.add_argument("--samples-dir", default=None, help="write ebru's samples there as PNGs")
+    ap.add_argument("--sequential", action="store_true", help="train one after the other with all threads")
+    ap.add_argument("--ebru-sampler", default="dpmpp_2m")
+    ap.add_argument("--ebru-steps", type=int, default=32)
+    ap.add_argument("--out-dir", default="ebru-out/quality_at_budget")
+    ap.add_argument("--role", choices=["ebru", "peer"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.role:
+        _train_role(args.role, out, args.budget_minutes)
+        return
+    roles = ["ebru"] if args.skip_peer else ["ebru", "peer"]
+    t0 = time.time()
+    if not args.skip_train:
+        if args.sequential:
+            for r in roles:
+                _wait({r: _launch(r, out, args.budget_minutes, torch.get_num_threads())}, out)
+        else:
+            _wait({r: _launch(r, out, args.budget_minutes, 1) for r in roles}, out)
+    train_info = {r: json.loads((out / r / "train.json").read_text()) for r in roles}
+    print(f"trained in {(time.time() - t0) / 60:.1f} min: " + ", ".join(
+        f"{r} {i['steps']} steps ({i['images_seen']} images, {i['params'] / 1e6:.2f}M params)"
+        for r, i in train_info.items()))
+
+    from ebru.eval import evaluate_images
+    from ebru.pipelines.image import save_images
+    from ebru.train.grid import save_grid
+
+    samples = {"ebru": sample_ebru(out / "ebru" / "model", args.n_samples, args.ebru_sampler, args.ebru_steps)}
+    if not args.skip_peer:
+        samples["peer"] = sample_peer(out / "peer", args.n_samples)
+    if args.samples_dir:
+        save_images(samples["ebru"], args.samples_dir)
+    scores = {r: evaluate_images(x, metrics="fid,kid,precision,recall", progress=True)
+              for r, x in samples.items()}
+    for r, x in samples.items():
+        save_grid(x[:64], RESULTS / f"{NAME}_{r}.png", nrow=8,
+                  title=f"{'ebru' if r == 'ebru' else 'diffusers tutorial'}: {args.budget_minutes:g} min of training")
+
+    peer_prev = None
+    if args.skip_peer:
+        prev = RESULTS / f"{NAME}.json"
+        if prev.is_file():
+            old = json.loads(prev.read_text())
+            if old.get("budget_minutes") == args.budget_minutes and old.get("n_samples") == args.n_samples:
+                peer_prev = old
+    m = {r: s["metrics"] for r, s in scores.items()}
+    fid_peer = m["peer"]["fid"] if "peer" in m else (peer_prev or {}).get("summary", {}).get("fid_diffusers")
+    summary = {"fid_ebru": m["ebru"]["fid"], "fid_diffusers": fid_peer,
+               "ratio": (m["ebru"]["fid"] / fid_peer) if fid_peer else None,
+               "kid_ebru": m["ebru"]["kid"], "kid_diffusers": m.get("peer", {}).get("kid"),
+               "precision_ebru": m["ebru"]["precision"], "recall_ebru": m["ebru"]["recall"],
+               "precision_diffusers": m.get("peer", {}).get("precision"),
+               "recall_diffusers": m.get("peer", {}).get("recall"),
+               "fid_real_floor": m["ebru"].get("fid_real_floor")}
+    extra = {"budget_minutes": args.budget_minutes, "n_samples": args.n_samples,
+             "timing": "sequential, all threads" if args.sequential else "simultaneous, one thread each",
+             "training": train_info, "scores": scores,
+             "sampling": {"ebru": f"{args.ebru_sampler}, {args.ebru_steps} steps, karras",
+                          "diffusers": "DDIMScheduler, 50 steps, eta 0"},
+             "feature_net_sha256": scores["ebru"]["feature_net"]["sha256"]}
+    if args.skip_peer and peer_prev:
+        extra["peer_from_previous_run"] = {k: peer_prev.get(k) for k in ("training", "machine")}
+        if peer_prev.get("training", {}).get("peer"):
+            extra["training"]["peer"] = peer_prev["training"]["peer"]
+    path = write_result(NAME, summary, **extra)
+    print(f"\n{'':<22}{'ebru':>12}{'diffusers':>12}")
+    for key in ("fid", "kid", "precision", "recall"):
+        a, b = summary[f"{key}_ebru"], summary.get(f"{key}_diffusers")
+        print(f"{key:<22}{a:>12.4f}" + (f"{b:>12.4f}" if b is not None else f"{'-':>12}"))
+    print(f"{'FID floor (real, N)':<22}{summary['fid_real_floor']:>12.4f}")
+    if summary["ratio"] is not None:
+        print(f"\nratio fid_ebru / fid_diffusers = {summary['ratio']:.3f} (target <= 0.5)")
+    print(f"machine: {machine()['cpu']}\n{path}")
+
+
+if __name__ == "__main__":
+    main()
