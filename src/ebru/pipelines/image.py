@@ -6,40 +6,37 @@ on top of ebru's samplers, with per-sample seeds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ebru.diffusion import Precond, sample
 from ebru.nets import build_net
-from ebru.train.export import MODEL_CONFIG, MODEL_WEIGHTS
+from ebru.train.export import MODEL_CONFIG
+
+if TYPE_CHECKING:
+    from ebru.trust import LoadedModel
 
 
-def read_model_dir(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Read ``config.json`` and the weights of a model directory, with one-line errors."""
-    from safetensors.torch import load_file
+def read_model_dir(model_dir: str | Path | LoadedModel,
+                   **load_options: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Verify and read an image model package through ``ebru.load``; returns (config, weights).
 
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"model directory not found: {d}")
-    for name in (MODEL_CONFIG, MODEL_WEIGHTS):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"{d} is not an ebru model directory: {name} is missing")
-    try:
-        config = json.loads((d / MODEL_CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{d / MODEL_CONFIG}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("kind") != "image-diffusion" or "net" not in config:
-        raise ValueError(f"{d / MODEL_CONFIG}: not an ebru image-diffusion model config")
-    try:
-        weights = load_file(str(d / MODEL_WEIGHTS))
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{d / MODEL_WEIGHTS}: unreadable safetensors file ({e})") from None
-    return config, weights
+    ``model_dir`` may also be a model ``ebru.load`` already verified (``ebru sample`` passes one
+    loaded with its ``--trusted-keys/--allow-unsigned/--policy``). ``load_options`` go to
+    ``ebru.load`` (``policy``, ``trusted_keys``, ``allow_unsigned``, ``acknowledge``, ``quiet``).
+    Every refusal is a one-line error naming the file and the reason.
+    """
+    from ebru.trust import LoadedModel, load
+
+    model = model_dir if isinstance(model_dir, LoadedModel) else load(model_dir, **load_options)
+    config = model.config
+    if config.get("kind") != "image-diffusion" or "net" not in config:
+        raise ValueError(f"{model.path / MODEL_CONFIG}: not an ebru image-diffusion model config")
+    return config, model.weights
 
 
 class ImagePipeline:

@@ -1,22 +1,26 @@
-"""Write a trained model as a model directory: config.json, model.safetensors, MODEL_CARD.md.
+"""Write a trained model as a verified model package (see ``ebru.trust.manifest``).
 
-The directory is what ``ebru sample`` and ``ebru.pipelines.load_image_model`` load.
-It is written to ``<dir>.tmp`` and renamed into place, so a crash never leaves a
-half-written model.
+``config.json``, ``model.safetensors`` (the EMA weights), ``MODEL_CARD.md`` and
+``manifest.json`` (SHA-256 and size of every file, plus the training provenance: dataset and
+its content hash, the full training config, code revision, final metrics), written by
+:func:`ebru.trust.write_package`: into a temporary directory, renamed into place, so a crash
+never leaves a half-written model. With ``sign_key`` set in the training config, the package is
+also signed (``model.sig``).
+
+The directory is what ``ebru sample`` and ``ImagePipeline.from_pretrained`` load, through
+``ebru.load``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import math
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import save_file
-
 import ebru
+from ebru.trust import TrustError, load_signing_key, write_package
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -35,7 +39,7 @@ def code_revision() -> str | None:
         return None
 
 
-def model_config(trainer: Trainer, final_loss: float) -> dict[str, Any]:
+def model_config(trainer: Trainer, final_loss: float | None) -> dict[str, Any]:
     cfg, data = trainer.cfg, trainer.data
     return {
         "ebru_version": ebru.__version__,
@@ -72,7 +76,8 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
         "",
         f"A {config['net']['kind']} denoiser ({config['precond']['prediction']} preconditioning) trained by ebru "
         f"{config['ebru_version']} on {t['dataset']} for {t['steps']} steps ({t['images_seen']} images, "
-        f"{t['minutes']} minutes). Final training loss {t['final_loss']:.4f}. The weights are the EMA.",
+        f"{t['minutes']} minutes). Final training loss "
+        f"{'n/a' if t['final_loss'] is None else format(t['final_loss'], '.4f')}. The weights are the EMA.",
         "",
         f"Image shape: {config['image_shape']}. "
         + (f"Classes: {', '.join(classes)}." if classes else "Unconditional."),
@@ -85,27 +90,41 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
     return "\n".join(lines)
 
 
+def provenance(trainer: Trainer, final_loss: float | None) -> dict[str, Any]:
+    """The training provenance recorded (and signed) in the package manifest."""
+    cfg, data = trainer.cfg, trainer.data
+    return {
+        "created_by": "ebru train",
+        "dataset": data.source,
+        "dataset_hash": data.content_hash,
+        "config": cfg.to_dict(),
+        "code_revision": code_revision(),
+        "final_metrics": {"final_loss": final_loss, "steps": trainer.step, "images_seen": trainer.images_seen,
+                          "minutes": round(trainer.elapsed / 60, 2)},
+    }
+
+
 def export_model(path: str | Path, trainer: Trainer, final_loss: float) -> Path:
+    """Write the package; sign it when ``sign_key`` is configured.
+
+    A signing failure (missing key, wrong passphrase, expired key) keeps the written package,
+    unsigned, and raises a one-line error saying how to sign it afterwards: the trained
+    weights are never lost to a key problem.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if not math.isfinite(final_loss):  # e.g. a resumed run that took no step: JSON has no NaN
+        final_loss = None
     config = model_config(trainer, final_loss)
     weights = {k: v.detach().contiguous().cpu() for k, v in trainer.ema.state_dict().items()}
-    try:
-        save_file(weights, str(tmp / MODEL_WEIGHTS), metadata={"format": "pt", "ebru_kind": "image-diffusion"})
-        (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=1, default=str))
-        (tmp / MODEL_CARD).write_text(model_card(config, trainer.cfg.license))
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(e.errno, f"could not write the model to {path} ({e.strerror or e})") from None
+    key, key_error = None, None
+    if trainer.cfg.sign_key:
+        try:
+            key = load_signing_key(trainer.cfg.sign_key)
+        except TrustError as e:
+            key_error = e
+    write_package(path, config, weights, model_card(config, trainer.cfg.license), provenance(trainer, final_loss),
+                  metadata={"format": "pt", "ebru_kind": "image-diffusion"}, sign_key=key)
+    if key_error is not None:
+        raise ValueError(f"the model was written to {path} but not signed ({key_error}); sign it with "
+                         f"'ebru sign {path} --key KEY'")
     return path
-

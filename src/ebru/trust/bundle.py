@@ -1,0 +1,192 @@
+"""Moving a package across a boundary: ``ebru pack`` and ``ebru unpack``.
+
+A bundle is a plain (uncompressed) POSIX tar of the package's files, flat, in name order, with
+zeroed owners and times, so packing the same package twice gives the same bytes.
+
+``pack`` verifies the package (manifest, signature, strict weights) and re-hashes every file
+while copying it into the tar, so the bundle holds exactly the verified bytes; the tar is
+written beside its destination and renamed into place.
+
+``unpack`` never calls ``tarfile.extract``. It reads members one by one and refuses, before
+writing anything usable: a member that is not a regular file (links, devices, directories,
+sparse files), a name with a path (``/``, ``..``) or one packages do not allow, a repeated
+name, more than :data:`MAX_MEMBERS` members, and a truncated or damaged archive. Files go into
+a private temporary directory beside the destination; the result is verified like a load
+(manifest, signature by the trusted keys in force, strict weights) and only then renamed to the
+destination, which must not exist yet. On any failure the temporary directory is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from . import audit
+from .errors import BundleError, IntegrityError, TrustError
+from .files import CHUNK, fsync_dir, valid_name
+from .keys import TrustedKeys
+from .loader import verify_integrity
+from .manifest import SIGNATURE
+
+MAX_MEMBERS = 256
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _HashingReader:
+    """Reads a file for tarfile while hashing exactly what was read."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.h.update(data)
+        return data
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
+def pack(model_dir: str | os.PathLike, out: str | os.PathLike, *,
+         trusted_keys: TrustedKeys | str | os.PathLike | None = None, allow_unsigned: bool = False) -> Path:
+    """Verify ``model_dir`` and write it as a tar bundle at ``out``; returns ``out``."""
+    d, out = Path(model_dir), Path(out)
+    try:
+        pkg, signer, warnings = verify_integrity(d, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+        expected = dict(pkg.digests)
+        if pkg.signature is not None:
+            expected[SIGNATURE] = hashlib.sha256(pkg.signature).hexdigest()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in sorted(expected):
+                        with open(d / name, "rb", opener=_open_nofollow) as f:
+                            reader = _HashingReader(f)
+                            tar.addfile(_tarinfo(name, os.fstat(f.fileno()).st_size), reader)
+                        if reader.h.hexdigest() != expected[name]:
+                            raise IntegrityError(d / name, "changed while being packed")
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except (TrustError, OSError) as e:
+        audit.record("refuse", {"action": "pack", "path": os.path.abspath(d), "error": str(e)})
+        raise
+    for w in warnings:
+        print(f"ebru: warning: {w}", file=sys.stderr)
+    audit.record("pack", {"path": os.path.abspath(d), "bundle": os.path.abspath(out),
+                          "manifest_sha256": pkg.manifest_sha256, "signer": signer.key_id if signer else None,
+                          "bundle_sha256": _sha256_file(out)})
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _extract(bundle: Path, tmp: Path) -> None:
+    try:
+        tar = tarfile.open(bundle, mode="r:")  # noqa: SIM115 (closed by the with-block below)
+    except tarfile.ReadError as e:
+        raise BundleError(bundle, f"not a readable tar archive ({e}); bundles are uncompressed tar files") from None
+    seen: set[str] = set()
+    with tar:
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.TarError as e:
+                raise BundleError(bundle, f"damaged or truncated archive ({e})") from None
+            if member is None:
+                break
+            name = member.name
+            if not (member.isreg() and not member.issparse()):
+                kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
+                        else "a directory" if member.isdir() else "not a regular file")
+                raise BundleError(bundle, f"member {name!r} is {kind}; bundles hold regular files only")
+            if not valid_name(name):
+                raise BundleError(bundle, f"member {name!r} has a path or a name packages do not allow "
+                                          "(path traversal refused)")
+            if name in seen:
+                raise BundleError(bundle, f"member {name!r} appears twice")
+            seen.add(name)
+            if len(seen) > MAX_MEMBERS:
+                raise BundleError(bundle, f"more than {MAX_MEMBERS} members")
+            src = tar.extractfile(member)
+            assert src is not None
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "wb") as dst:
+                copied = 0
+                try:
+                    while chunk := src.read(min(CHUNK, member.size - copied)):
+                        dst.write(chunk)
+                        copied += len(chunk)
+                except (tarfile.TarError, EOFError) as e:
+                    raise BundleError(bundle, f"truncated archive: member {name!r} is cut short ({e})") from None
+                if copied != member.size:
+                    raise BundleError(bundle, f"truncated archive: member {name!r} is cut short")
+                dst.flush()
+                os.fsync(dst.fileno())
+        end = tar.offset  # just past the last member; a complete archive has two zero blocks here
+    with open(bundle, "rb") as f:
+        f.seek(end)
+        if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise BundleError(bundle, "truncated archive: the end-of-archive marker is missing")
+    if not seen:
+        raise BundleError(bundle, "the archive holds no files")
+
+
+def unpack(bundle: str | os.PathLike, out_dir: str | os.PathLike, *,
+           trusted_keys: TrustedKeys | str | os.PathLike | None = None, allow_unsigned: bool = False) -> Path:
+    """Extract and verify a bundle into the new directory ``out_dir``; returns it. Nothing is left on failure."""
+    bundle, out = Path(bundle), Path(out_dir)
+    tmp: Path | None = None
+    try:
+        if not bundle.is_file():
+            raise FileNotFoundError(f"bundle not found: {bundle}")
+        if out.exists() or out.is_symlink():
+            raise FileExistsError(f"{out} already exists; unpack into a new directory")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.unpack-"))
+        _extract(bundle, tmp)
+        try:
+            pkg, signer, warnings = verify_integrity(tmp, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned,
+                                                     label=f"the package in {bundle}")
+        except TrustError as e:  # name the bundle, not the temporary directory
+            raise type(e)(bundle, f"{Path(e.path).name}: {e.reason}") from None
+        if out.exists():
+            raise FileExistsError(f"{out} appeared while unpacking; nothing was written there")
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+        tmp = None
+    except (TrustError, OSError) as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        audit.record("refuse", {"action": "unpack", "bundle": os.path.abspath(bundle), "error": str(e)})
+        raise
+    for w in warnings:
+        print(f"ebru: warning: {w}", file=sys.stderr)
+    audit.record("unpack", {"bundle": os.path.abspath(bundle), "path": os.path.abspath(out),
+                            "manifest_sha256": pkg.manifest_sha256, "signer": signer.key_id if signer else None})
+    return out
