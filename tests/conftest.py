@@ -39,3 +39,15 @@ def no_network(monkeypatch):
 @pytest.fixture(autouse=True)
 def fixed_seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_state(tmp_path_factory):
+    """Keep the suite's audit log, feature cache and trusted-key lookups out of the user's home."""
+    state = tmp_path_factory.mktemp("ebru-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EBRU_AUDIT_LOG", str(state / "audit.jsonl"))
+        mp.setenv("EBRU_CACHE", str(state / "cache"))
+        mp.setenv("XDG_CONFIG_HOME", str(state / "config"))
+        mp.setenv("XDG_STATE_HOME", str(state / "state"))
+        yield

@@ -1,4 +1,4 @@
-"""ebru.nets: ``nn.Module``s only — the U-Net, the DiT and the layers they share.
+"""ebru.nets: ``nn.Module``s only — the U-Net, the DiT, the text Transformer and the layers they share.
 
 Every network has the signature::
 
@@ -7,6 +7,9 @@ Every network has the signature::
 and becomes a Denoiser through :class:`ebru.diffusion.Precond`. Build one from a
 config (a dataclass or the dict in a model package's ``config.json``) with
 :func:`build_net`.
+
+The text models use :class:`Transformer` (``tokens (B,T) -> logits``, RoPE, SDPA, RMSNorm,
+SwiGLU, bidirectional or causal, with a :class:`KVCache`); see ``ebru.nets.transformer``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .layers import (
     SelfAttention,
     TextContext,
 )
+from .transformer import KVCache, Transformer, TransformerConfig
 from .unet import UNet
 
 NET_CONFIGS: dict[str, type[NetConfig]] = {"unet": UNetConfig, "dit": DiTConfig}
@@ -55,7 +59,8 @@ def build_net(config: dict[str, Any] | UNetConfig | DiTConfig) -> nn.Module:
 
 __all__ = [
     "NETS", "NET_CONFIGS",
-    "CrossAttention", "DiT", "DiTConfig", "FourierEmbedding", "LabelEmbedding", "NetConfig", "NoiseEmbedding",
-    "PositionalEmbedding", "SelfAttention", "TextContext", "UNet", "UNetConfig",
+    "CrossAttention", "DiT", "DiTConfig", "FourierEmbedding", "KVCache", "LabelEmbedding", "NetConfig",
+    "NoiseEmbedding", "PositionalEmbedding", "SelfAttention", "TextContext", "Transformer", "TransformerConfig",
+    "UNet", "UNetConfig",
     "build_net",
 ]

@@ -26,20 +26,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ebru.trust.files import fsync_dir
+
 _PREFIX = "ckpt-"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -91,15 +80,15 @@ def save_checkpoint(root: str | Path, step: int, *, model: dict[str, torch.Tenso
             json.dump({**state, "step": step, "optimizer": opt_rest}, f, indent=1, default=str)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         latest_tmp = root / "latest.tmp"
         latest_tmp.write_text(final.name + "\n")
         os.replace(latest_tmp, root / "latest")
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         prev = find_latest(root)

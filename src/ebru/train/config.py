@@ -9,6 +9,10 @@ network (see ``ebru.nets``)::
     kind = "unet"
     channels = 32
 
+``task = "text"`` trains a text model instead (``data`` is a corpus name or folder, the
+``[model]`` table sizes an ``ebru.nets.Transformer`` and a ``[text]`` table holds the
+process, tokenizer and context: see ``ebru.text.TextConfig``).
+
 ``--set lr=2e-4 --set model.channels=48`` overrides any key; values are parsed as
 TOML literals (numbers, booleans, strings, arrays), falling back to a plain string.
 Unknown keys are an error that names the nearest valid key.
@@ -23,16 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+TASKS = ("image", "text")
+TABLES = ("model", "text")  # nested tables that --set reaches with "table.key=value"
+
 
 @dataclass
 class TrainConfig:
+    task: str = "image"  # image | text
     # data
-    data: str = "fashion-mnist"  # "fashion-mnist" or a folder of images
+    data: str = "fashion-mnist"  # image: "fashion-mnist" or a folder of images; text: a corpus name or folder
     image_size: int | None = None  # folder datasets: resize + center crop
     class_conditional: bool = True  # use the dataset's labels (if it has them)
     hflip: bool = False  # random horizontal flips
     # network and preconditioning
     model: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)  # text task: process, tokenizer, context (ebru.text.TextConfig)
     prediction: str = "edm"  # eps | x0 | v | edm
     sigma_data: float = 0.5
     sigma_min: float = 0.002
@@ -52,7 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float | None = 1.0
-    ema_halflife_images: float = 25_000.0  # EMA half-life counted in training images
+    ema_halflife_images: float = 25_000.0  # EMA half-life counted in training images (text: sequences)
     ema_rampup: float | None = 0.05  # half-life <= this share of images seen so far (EDM)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 uses loss scaling)
     seed: int = 0
@@ -66,6 +75,7 @@ class TrainConfig:
     sample_steps: int = 20
     sample_guidance: float = 2.0
     license: str = "mit"  # licence written into the model card
+    sign_key: str | None = None  # private key file (ebru keys generate): sign the exported model package
     device: str = "auto"  # auto | cpu | cuda
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,7 +112,9 @@ class TrainConfig:
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
         need(self.ema_halflife_images >= 0, "ema_halflife_images must be >= 0")
+        need(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         need(isinstance(self.model, dict), "model must be a table of network settings")
+        need(isinstance(self.text, dict), "text must be a table of text-model settings")
 
 
 def unknown_key_message(key: str, valid: set[str] | list[str], where: str) -> str:
@@ -120,8 +132,10 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings; ``model.key=value`` sets a network setting."""
+    """Apply ``key=value`` strings; ``model.key=value`` sets a network setting, ``text.key=value`` a text one."""
     d = {**d, "model": dict(d.get("model", {}))}
+    if "text" in d:
+        d["text"] = dict(d["text"])
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
@@ -129,8 +143,9 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ValueError(f"--set expects key=value, got {item!r}")
-        if key.startswith("model."):
-            d["model"][key[len("model."):]] = parse_value(text)
+        table, dot, sub = key.partition(".")
+        if dot and table in TABLES:
+            d.setdefault(table, {})[sub] = parse_value(text)
         else:
             d[key] = parse_value(text)
     return d

@@ -1,4 +1,10 @@
-"""One Trainer for every image recipe: EDM-style denoiser training with budgets, EMA and exact resume.
+"""One Trainer for every recipe, image or text: budgets, EMA, atomic checkpoints, DDP and exact resume.
+
+What is trained is a *task*: :class:`ImageTask` (EDM-style denoiser training on images) or
+``ebru.text.TextTask`` (masked, uniform-noise or block diffusion, or the autoregressive
+baseline, on a text corpus). A task builds the network, draws everything random about one
+global batch, computes the loss of a slice of it, draws previews and exports the model
+directory; the Trainer owns the loop, the optimiser, EMA, checkpoints, logs and devices.
 
 Each step draws a *global* batch from one seeded generator (indices, flips, noise
 levels, noise, condition dropout) and every device takes its slice, so results
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ebru.data import ImageDataset, load_dataset
 from ebru.diffusion import LogNormalSigma, Precond, denoising_loss, sample
@@ -47,37 +53,122 @@ def _net_config(cfg: TrainConfig, data: ImageDataset) -> dict[str, Any]:
     return net
 
 
+class ImageTask:
+    """EDM-style denoiser training on an image dataset (the task of every image recipe)."""
+
+    unit = "images"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dataset: ImageDataset | None = None,
+                 is_main: bool = True):
+        self.cfg = cfg
+        self.device = device
+        if dataset is None:
+            with warnings.catch_warnings():  # the skipped-file report is printed once below, as one line
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = load_dataset(cfg.data, image_size=cfg.image_size)
+            if getattr(dataset, "skipped", None) and is_main:
+                print(f"data: {dataset.report}", flush=True)
+        self.data = dataset
+        images, labels = self.data.tensors()
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.net_config = _net_config(cfg, self.data)
+        self.conditional = self.net_config["num_classes"] is not None
+        self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        """(the network whose weights are trained and saved, the module the loss calls)."""
+        net = build_net(self.net_config).to(self.device)
+        return net, Precond(net, self.cfg.prediction, self.cfg.sigma_data).to(self.device)
+
+    def draw(self, batch_size: int, g: torch.Generator) -> dict[str, Tensor]:
+        """Everything random about one step, drawn for the whole global batch from ``g``."""
+        B = batch_size
+        batch = {
+            "idx": torch.randint(len(self.images), (B,), generator=g),
+            "sigma": self.sigma_dist(B, generator=g).to(torch.float32),
+            "noise": torch.randn((B, *self.images.shape[1:]), generator=g),
+            "drop": torch.rand(B, generator=g) < self.cfg.cond_dropout,
+        }
+        if self.cfg.hflip:
+            batch["flip"] = torch.rand(B, generator=g) < 0.5
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
+        idx = batch["idx"][part].to(self.device)
+        x0 = self.images[idx]
+        if "flip" in batch:
+            x0 = torch.where(batch["flip"][part].to(self.device)[:, None, None, None], x0.flip(-1), x0)
+        cond = {}
+        if self.conditional:
+            labels = self.labels[idx].clone()
+            labels[batch["drop"][part].to(self.device)] = -1
+            cond["class_labels"] = labels
+        return denoising_loss(model, x0, batch["sigma"][part].to(self.device), batch["noise"][part].to(self.device),
+                              self.cfg.weighting, {"sigma_data": self.cfg.sigma_data}, **cond)
+
+    def ema_denoiser(self, trainer: Trainer) -> Precond:
+        net = copy.deepcopy(trainer.net).eval()
+        trainer.ema.copy_to(net)
+        return Precond(net, self.cfg.prediction, self.cfg.sigma_data)
+
+    def preview(self, trainer: Trainer, stem: Path, per_class: int = 8) -> Path:
+        """A sample grid ``<stem>.png`` from the EMA weights."""
+        d = self.ema_denoiser(trainer)
+        cfg = self.cfg
+        path = stem.with_suffix(".png")
+        shape = self.images.shape[1:]
+        if self.conditional:
+            k = self.net_config["num_classes"]
+            labels = torch.arange(k, device=self.device).repeat_interleave(per_class)
+            x = sample(d, (len(labels), *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps,
+                       sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, seeds=range(len(labels)),
+                       device=self.device, guidance_scale=cfg.sample_guidance,
+                       uncond={"class_labels": torch.full((1,), -1, device=self.device)}, class_labels=labels)
+            names = self.data.class_names or [str(i) for i in range(k)]
+            return save_grid(x, path, nrow=per_class, row_labels=names, title=f"step {trainer.step}")
+        x = sample(d, (64, *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps, sigma_min=cfg.sigma_min,
+                   sigma_max=cfg.sigma_max, seeds=range(64), device=self.device)
+        return save_grid(x, path, nrow=8, title=f"step {trainer.step}")
+
+    def export(self, path: Path, trainer: Trainer, final_loss: float) -> Path:
+        return export_model(path, trainer, final_loss=final_loss)
+
+
+def make_task(cfg: TrainConfig, device: torch.device, dataset: Any = None, is_main: bool = True):
+    """The task named by ``cfg.task``; ``dataset`` replaces the configured data (an image set or a text corpus)."""
+    if cfg.task == "text":
+        from ebru.text.task import TextTask
+
+        return TextTask(cfg, device, corpus=dataset, is_main=is_main)
+    return ImageTask(cfg, device, dataset=dataset, is_main=is_main)
+
+
 class Trainer:
-    """Train a denoiser on an image dataset and write a model directory.
+    """Train the task of ``cfg`` (an image denoiser or a text model) and write a model directory.
 
     Args:
         cfg: the training configuration.
         out_dir: run directory (``checkpoints/``, ``samples/``, ``log.csv``, ``model/``).
         resume: continue from the newest checkpoint in ``out_dir``.
-        dataset: an ``ImageDataset`` to use instead of ``cfg.data``.
+        dataset: data to use instead of ``cfg.data`` (an ``ImageDataset``, or a ``TextCorpus`` for text).
         progress: show a progress bar (main process only).
     """
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-                 dataset: ImageDataset | None = None, progress: bool = True):
+                 dataset: Any = None, progress: bool = True):
         cfg.validate()
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = self.dist.device
         self.progress = progress and self.dist.is_main
-        if dataset is None:
-            with warnings.catch_warnings():  # the skipped-file report is printed once below, as one line
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = load_dataset(cfg.data, image_size=cfg.image_size)
-            if getattr(dataset, "skipped", None) and self.dist.is_main:
-                print(f"data: {dataset.report}", flush=True)
-        self.data = dataset
-        images, labels = self.data.tensors()
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
-        self.net_config = _net_config(cfg, self.data)
-        self.conditional = self.net_config["num_classes"] is not None
+        self.task = make_task(cfg, self.device, dataset, self.dist.is_main)
+        self.data = self.task.data
+        self.net_config = self.task.net_config
+        if isinstance(self.task, ImageTask):  # kept for callers that look at the images (quickstart, export)
+            self.images, self.labels = self.task.images, self.task.labels
+            self.conditional = self.task.conditional
 
         world, B = self.dist.world_size, cfg.batch_size
         micro = cfg.batch_per_device or B // world
@@ -86,8 +177,7 @@ class Trainer:
         self.micro, self.accum = micro, B // (world * micro)
 
         torch.manual_seed(cfg.seed)
-        self.net = build_net(self.net_config).to(self.device)
-        self.model = Precond(self.net, cfg.prediction, cfg.sigma_data).to(self.device)
+        self.net, self.model = self.task.build()
         self.train_model = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -96,10 +186,9 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                      weight_decay=cfg.weight_decay)
         self.ema = EMA(self.net, cfg.ema_halflife_images, cfg.ema_rampup)
-        self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
-        self.step, self.images_seen, self.elapsed = 0, 0, 0.0
+        self.step, self.images_seen, self.elapsed = 0, 0, 0.0  # images_seen counts the task's items
         self.losses: list[float] = []
         self._tb = None
         if cfg.tensorboard and self.dist.is_main:
@@ -130,7 +219,7 @@ class Trainer:
         self.losses = list(s.get("recent_losses", []))
         if self.dist.is_main:
             self._truncate_log()
-            print(f"resumed from step {self.step} ({self.images_seen} images, {self.elapsed / 60:.1f} min)")
+            print(f"resumed from step {self.step} ({self.images_seen} {self.task.unit}, {self.elapsed / 60:.1f} min)")
 
     def _truncate_log(self) -> None:
         log = self.out / "log.csv"
@@ -162,32 +251,12 @@ class Trainer:
 
     def _global_batch(self) -> dict[str, Tensor]:
         """Everything random about one step, drawn for the whole global batch from ``self.gen``."""
-        B, g = self.cfg.batch_size, self.gen
-        batch = {
-            "idx": torch.randint(len(self.images), (B,), generator=g),
-            "sigma": self.sigma_dist(B, generator=g).to(torch.float32),
-            "noise": torch.randn((B, *self.images.shape[1:]), generator=g),
-            "drop": torch.rand(B, generator=g) < self.cfg.cond_dropout,
-        }
-        if self.cfg.hflip:
-            batch["flip"] = torch.rand(B, generator=g) < 0.5
-        return batch
+        return self.task.draw(self.cfg.batch_size, self.gen)
 
     def _micro_loss(self, batch: dict[str, Tensor], part: slice) -> Tensor:
-        idx = batch["idx"][part].to(self.device)
-        x0 = self.images[idx]
-        if "flip" in batch:
-            x0 = torch.where(batch["flip"][part].to(self.device)[:, None, None, None], x0.flip(-1), x0)
-        cond = {}
-        if self.conditional:
-            labels = self.labels[idx].clone()
-            labels[batch["drop"][part].to(self.device)] = -1
-            cond["class_labels"] = labels
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = denoising_loss(self.train_model, x0, batch["sigma"][part].to(self.device),
-                                  batch["noise"][part].to(self.device), self.cfg.weighting,
-                                  {"sigma_data": self.cfg.sigma_data}, **cond)
+            loss = self.task.loss(self.train_model, batch, part)
         return loss.float().mean()
 
     def train_step(self) -> float:
@@ -228,26 +297,16 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- outputs
     def ema_denoiser(self) -> Precond:
-        net = copy.deepcopy(self.net).eval()
-        self.ema.copy_to(net)
-        return Precond(net, self.cfg.prediction, self.cfg.sigma_data)
+        """The EMA weights as a Denoiser (image tasks)."""
+        return self.task.ema_denoiser(self)
 
     def sample_grid(self, path: Path, per_class: int = 8) -> Path:
-        d = self.ema_denoiser()
-        cfg = self.cfg
-        shape = self.images.shape[1:]
-        if self.conditional:
-            k = self.net_config["num_classes"]
-            labels = torch.arange(k, device=self.device).repeat_interleave(per_class)
-            x = sample(d, (len(labels), *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps,
-                       sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, seeds=range(len(labels)),
-                       device=self.device, guidance_scale=cfg.sample_guidance,
-                       uncond={"class_labels": torch.full((1,), -1, device=self.device)}, class_labels=labels)
-            names = self.data.class_names or [str(i) for i in range(k)]
-            return save_grid(x, path, nrow=per_class, row_labels=names, title=f"step {self.step}")
-        x = sample(d, (64, *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps, sigma_min=cfg.sigma_min,
-                   sigma_max=cfg.sigma_max, seeds=range(64), device=self.device)
-        return save_grid(x, path, nrow=8, title=f"step {self.step}")
+        """A sample grid from the EMA weights (image tasks)."""
+        return self.task.preview(self, Path(path).with_suffix(""), per_class)
+
+    def preview(self) -> Path:
+        """Samples from the EMA weights at this step, under ``samples/`` (a grid, or a text file)."""
+        return self.task.preview(self, self.out / "samples" / f"step-{self.step:07d}")
 
     def _log(self, row: dict[str, Any]) -> None:
         log = self.out / "log.csv"
@@ -262,7 +321,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step)
-            for key in ("loss", "lr", "images_per_s"):
+            unit = self.task.unit
+            for key in ("loss", "lr", f"{unit}_per_s"):
                 self._tb.add_scalar(f"train/{key}", row[key], row["step"])
             self._tb.flush()
 
@@ -279,6 +339,8 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
         t_last, n_last = time.time(), self.images_seen
+        unit = self.task.unit
+        rate_key = {"images": "img_s"}.get(unit, f"{unit[:3]}_s")
         started = time.time() - self.elapsed
         try:
             while self.step < cfg.steps:
@@ -292,17 +354,18 @@ class Trainer:
                 if bar is not None:
                     rate = (self.images_seen - n_last) / max(time.time() - t_last, 1e-9)
                     left = min((cfg.steps - self.step) * cfg.batch_size / max(rate, 1e-9), budget - self.elapsed)
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", left=f"{left / 60:.1f}m", refresh=False)
+                    bar.set_postfix({"loss": f"{loss:.4f}", rate_key: f"{rate:.0f}", "left": f"{left / 60:.1f}m"},
+                                    refresh=False)
                     bar.update(1)
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     now = time.time()
                     recent = self.losses[-cfg.log_every:]
-                    self._log({"step": self.step, "images": self.images_seen, "loss": sum(recent) / len(recent),
-                               "lr": self.lr_at(self.step - 1), "images_per_s": (self.images_seen - n_last) /
+                    self._log({"step": self.step, unit: self.images_seen, "loss": sum(recent) / len(recent),
+                               "lr": self.lr_at(self.step - 1), f"{unit}_per_s": (self.images_seen - n_last) /
                                max(now - t_last, 1e-9), "elapsed_s": round(self.elapsed, 2)})
                     t_last, n_last = now, self.images_seen
                 if main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
+                    self.preview()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                     barrier(self.dist)
@@ -320,9 +383,9 @@ class Trainer:
         self.save_checkpoint()
         model_dir = None
         if main:
-            self.sample_grid(self.out / "samples" / f"step-{self.step:07d}.png")
+            self.preview()
             recent = self.losses[-cfg.log_every:] or [math.nan]
-            model_dir = export_model(self.out / "model", self, final_loss=sum(recent) / len(recent))
+            model_dir = self.task.export(self.out / "model", self, sum(recent) / len(recent))
         barrier(self.dist)
         cleanup(self.dist)
         return model_dir

@@ -1,0 +1,304 @@
+"""CLI subcommands: the ``ebru text ...`` group. Registered by ebru.cli.build_parser.
+
+    ebru text quickstart [--out DIR]
+    ebru text train CONFIG --out DIR [--set KEY=VALUE] [--resume]
+    ebru text generate MODEL_DIR [--prompt P] --length L --steps S --decoder D
+    ebru text infill MODEL_DIR --text "It is a truth [25] that a single man"
+    ebru text eval MODEL_DIR [--judge AR_MODEL_DIR] [--json FILE]
+
+Bad input raises ValueError/OSError subclasses with one-line messages; ``ebru.cli.main``
+prints ``ebru: error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+QUICKSTART_RECIPE = "text_quickstart"
+QUICKSTART_LENGTH = 200
+QUICKSTART_INFILL = "It is a truth [25] that a single man in possession of a good fortune, must be in want of a wife."
+
+
+def _mask_char() -> str:
+    enc = (getattr(sys.stdout, "encoding", None) or "").lower()
+    return "\u00b7" if "utf" in enc else "#"
+
+
+def _show(tokens: list[int], tokenizer: Any, mask_id: int, mask: str) -> str:
+    """Decode tokens, with each [MASK] shown as ``mask`` (one per token)."""
+    out, run = [], []
+    for t in tokens:
+        if t == mask_id:
+            if run:
+                out.append(tokenizer.decode(run))
+                run = []
+            out.append(mask)
+        else:
+            run.append(t)
+    if run:
+        out.append(tokenizer.decode(run))
+    return "".join(out)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "\\n")
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _decode_opts(args: argparse.Namespace) -> dict[str, Any]:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+
+
+def _load_opts(args: argparse.Namespace) -> dict[str, Any]:
+    """Options of ``ebru.trust.load``: the same trust flags as ``ebru sample``."""
+    return {"policy": args.policy, "trusted_keys": args.trusted_keys, "allow_unsigned": args.allow_unsigned}
+
+
+def _trust_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trusted-keys", default=None, metavar="DIR",
+                   help="directory of trusted .pub keys (default: $EBRU_TRUSTED_KEYS or ~/.config/ebru/trusted_keys)")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="load a package with no signature by a trusted key (prints a warning)")
+    p.add_argument("--policy", default=None, metavar="FILE.toml", help="licence policy (default: the one in force)")
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ebru.train import Trainer, load_config
+
+    cfg = load_config(args.config, args.set)
+    if cfg.task != "text":
+        raise ValueError(f"{args.config} is an image config (task = {cfg.task!r}): train it with 'ebru train'")
+    model_dir = Trainer(cfg, args.out, resume=args.resume).fit()
+    if model_dir is not None:
+        print(f"model:   {model_dir}\nlog:     {args.out}/log.csv\nsamples: {args.out}/samples/")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from ebru.text import TextModel
+
+    model = TextModel.from_pretrained(args.model_dir, device=args.device, **_load_opts(args))
+    steps = args.steps if args.steps is not None else (args.length if model.kind != "ar" else None)
+    frames: list[list[int]] = []
+    bar = None  # made at the first step, so that an input error is not printed over a bar
+
+    def on_step(info: dict[str, Any]) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _bar(args.length if model.kind == "ar" else (steps or args.length), "generate")
+        bar.update(1)
+        if args.show_steps:
+            frames.append(info["tokens"][0].tolist())
+
+    try:
+        gen = model.generate(args.n, args.length, args.prompt or "", steps=steps, decoder=args.decoder,
+                             block_length=args.block_length, threshold=args.threshold, seeds=args.seed,
+                             callback=on_step, **_decode_opts(args))
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.show_steps and frames and model.kind != "ar":
+        mask = _mask_char()
+        mask_id = getattr(model.process, "mask_id", -1)
+        for k in _pick(len(frames), args.show_steps):
+            print(f"[step {k + 1:>4}] {_one_line(_show(frames[k], model.tokenizer, mask_id, mask))}")
+        print()
+    for i, text in enumerate(gen.texts):
+        if args.n > 1:
+            print(f"--- sample {i + 1} (seed {args.seed + i})")
+        print(text)
+    print(f"\n({args.n} x {args.length} tokens, {gen.nfe} network calls, {gen.seconds:.2f} s, "
+          f"{args.n * args.length / gen.seconds:.0f} tokens/s)", file=sys.stderr)
+    return 0
+
+
+def _pick(n: int, k: int) -> list[int]:
+    """``k`` frame indices spread over ``n`` frames, last included."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+
+
+def _cmd_infill(args: argparse.Namespace) -> int:
+    from ebru.text import TextModel
+
+    model = TextModel.from_pretrained(args.model_dir, device=args.device, **_load_opts(args))
+    result = model.infill(args.text, gap_length=args.gap_length, steps=args.steps, decoder=args.decoder,
+                          seed=args.seed, **_decode_opts(args))
+    print(result.text)
+    if args.mark:
+        print("".join(f"[{t}]" if gap else t for t, gap in result.parts))
+    return 0
+
+
+def evaluate(model_dir: str | Path, *, judge: str | Path | None = None, windows: int = 64, samples: int = 4,
+             speed_length: int = 128, speed_steps: int = 32, num_samples: int = 8, device: str = "cpu",
+             progress: bool = True, **load_options: Any) -> dict[str, Any]:
+    """Held-out bits per character, sample entropy (and generative perplexity under ``judge``), tokens/s."""
+    from ebru.text import TextModel, load_corpus
+    from ebru.text.metrics import bits_per_char, generative_perplexity, tokens_per_second, unigram_entropy
+
+    model = TextModel.from_pretrained(model_dir, device=device, **load_options)
+    training = model.config.get("training", {})
+    corpus = load_corpus(training.get("config", {}).get("data") or training.get("corpus", "austen"))
+    bpc = bits_per_char(model, corpus.held_out_text, windows=windows, samples=samples, progress=progress)
+    length = min(speed_length, model.context)
+    steps = None if model.kind == "ar" else min(speed_steps, length)
+    gen = model.generate(num_samples, length, steps=steps, seeds=0)
+    result: dict[str, Any] = {
+        "model": str(model_dir), "kind": model.kind, "held_out": corpus.held_out_name,
+        "bpc": bpc["bpc"], "bpc_is_bound": bpc["bound"], "eval": bpc,
+        "samples": {"n": num_samples, "length": length, "steps": steps or length,
+                    "decoder": model.config.get("sampling", {}).get("decoder"), "gumbel": "float64",
+                    "entropy_bits": unigram_entropy(gen.tokens), "example": gen.texts[0]},
+        "tokens_per_s": {f"batch_{b}": tokens_per_second(model, b, length, steps=steps) for b in (1, 16)},
+    }
+    result["tokens_per_s"]["length"] = length
+    result["tokens_per_s"]["steps"] = steps or length
+    if judge is not None:
+        judge_model = TextModel.from_pretrained(judge, device=device, **load_options)
+        result["samples"]["gen_ppl"] = generative_perplexity(judge_model, gen.texts)
+        result["samples"]["judge"] = str(judge)
+    return result
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    r = evaluate(args.model_dir, judge=args.judge, windows=args.windows, samples=args.samples, device=args.device,
+                 **_load_opts(args))
+    le = "<=" if r["bpc_is_bound"] else "="
+    print(f"model:        {r['model']} ({r['kind']})")
+    print(f"held out:     {r['held_out']} ({r['eval']['windows']} windows, {r['eval']['chars']} characters)")
+    print(f"bits/char:    {le} {r['bpc']:.4f}" + ("   (an ELBO bound)" if r["bpc_is_bound"] else "   (exact)"))
+    s = r["samples"]
+    print(f"samples:      {s['n']} x {s['length']} tokens in {s['steps']} steps: unigram entropy "
+          f"{s['entropy_bits']:.3f} bits" + (f", generative perplexity {s['gen_ppl']:.3f}" if "gen_ppl" in s else ""))
+    tp = r["tokens_per_s"]
+    print(f"tokens/s:     {tp['batch_1']:.0f} at batch 1, {tp['batch_16']:.0f} at batch 16")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1, default=str))
+        print(f"json:         {args.json}")
+    return 0
+
+
+def run_quickstart(out: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the quickstart masked-diffusion model on Austen; generate, show the steps, infill."""
+    from ebru.text import TextModel
+    from ebru.text.metrics import bits_per_char
+    from ebru.train import Trainer, load_config
+    from ebru.train.checkpoint import list_checkpoints
+
+    t0 = time.time()
+    out = Path(out)
+    cfg = load_config(QUICKSTART_RECIPE, overrides)
+    resume = bool(list_checkpoints(out / "checkpoints"))
+    trainer = Trainer(cfg, out, resume=resume, progress=progress)
+    trainer.fit()
+    model = TextModel.from_pretrained(out / "model", quiet=True)
+    frames: list[list[int]] = []
+    length = min(QUICKSTART_LENGTH, model.context)
+    # Ancestral (random-order) decoding: on a small character model, confidence-ordered decoding
+    # reveals the easy characters (spaces) first and collapses into them.
+    gen = model.generate(1, length, steps=length // 4, decoder="ancestral", seeds=1, top_p=0.9,
+                         callback=lambda info: frames.append(info["tokens"][0].tolist()))
+    infill = model.infill(QUICKSTART_INFILL, steps=25, decoder="ancestral", seed=0, top_p=0.9)
+    bpc = bits_per_char(model, trainer.data.held_out_text, windows=16, samples=2)
+    t = model.config["training"]
+    return {"model": out / "model", "text": gen.texts[0], "frames": frames, "length": length, "nfe": gen.nfe,
+            "infill": infill, "bpc": bpc,
+            "held_out": trainer.data.held_out_name, "steps": t["steps"], "minutes": t["minutes"],
+            "final_loss": t["final_loss"], "tokenizer": model.tokenizer, "mask_id": model.process.mask_id,
+            "log": out / "log.csv", "seconds": time.time() - t0}
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    print(f"ebru text quickstart: training a masked-diffusion model on Jane Austen into {args.out}/ ...", flush=True)
+    r = run_quickstart(args.out, args.set)
+    mask = _mask_char()
+    print(f"\ntrained {r['steps']} steps in {r['minutes']:.1f} min, final loss {r['final_loss']:.4f} nats/char "
+          f"(a bound); held-out {r['held_out']}: <= {r['bpc']['bpc']:.3f} bits/char")
+    print(f"\n== a generated passage ({r['length']} characters in {len(r['frames'])} ancestral steps, "
+          f"{r['nfe']} network calls, nucleus p = 0.9)\n")
+    print(r["text"])
+    print(f"\n== the same passage, decoded step by step ({mask} = [MASK])\n")
+    for k in _pick(len(r["frames"]), 8):
+        print(f"step {k + 1:>2}: {_one_line(_show(r['frames'][k], r['tokenizer'], r['mask_id'], mask))}")
+    print("\n== an infilled sentence (the 25 characters in [brackets] are the model's)\n")
+    print("".join(f"[{t}]" if gap else t for t, gap in r["infill"].parts))
+    print(f"\nmodel: {r['model']}\nlog:   {r['log']}\n({r['seconds'] / 60:.1f} min in all)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the top tokens of mass p")
+    p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _trust_args(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the ``ebru`` parser."""
+    text = sub.add_parser("text", help="text diffusion models: quickstart, train, generate, infill, eval")
+    ts = text.add_subparsers(dest="text_command", metavar="COMMAND", parser_class=type(text))
+    text.set_defaults(func=lambda args: (text.print_help(), 2)[1])
+
+    q = ts.add_parser("quickstart", help="train a masked-diffusion model on Jane Austen on this CPU (< 10 min)")
+    q.add_argument("--out", default="ebru-text-quickstart", help="output directory (default: ebru-text-quickstart)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe setting")
+    q.set_defaults(func=_cmd_quickstart)
+
+    t = ts.add_parser("train", help="train a text model from a config file or recipe")
+    t.add_argument("config", help="a TOML config (task = \"text\"), or a recipe: text_quickstart, text_mdlm_austen, "
+                                   "text_ar_austen, text_block_austen, text_uniform_austen")
+    t.add_argument("--out", required=True, help="run directory (checkpoints, logs, samples, model/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set text.context=128 --set model.dim=256")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.set_defaults(func=_cmd_train)
+
+    g = ts.add_parser("generate", help="generate text from a model directory")
+    g.add_argument("model_dir")
+    g.add_argument("--prompt", default="", help="text to continue (kept as is)")
+    g.add_argument("--length", type=int, default=200, help="tokens to generate (default 200)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps in all (default: --length)")
+    g.add_argument("--decoder", default=None,
+                   help="ancestral | confidence | threshold (masked, block); confidence | ancestral (uniform); ar")
+    g.add_argument("--block-length", type=int, default=None, help="masked models: decode in blocks left to right")
+    g.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of --decoder threshold")
+    g.add_argument("-n", type=int, default=1, help="number of samples (default 1)")
+    g.add_argument("--show-steps", type=int, default=0, metavar="K", help="also print K snapshots of the decoding")
+    _sampling_args(g)
+    g.set_defaults(func=_cmd_generate)
+
+    i = ts.add_parser("infill", help="fill the gaps of a text: --text \"It is a truth [25] that a single man\"")
+    i.add_argument("model_dir")
+    i.add_argument("--text", required=True, help="text with gaps: [N] = N tokens, [___] = one token per underscore")
+    i.add_argument("--gap-length", type=int, default=None, help="give every gap this many tokens")
+    i.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per gap token)")
+    i.add_argument("--decoder", default=None, help="ancestral | confidence | threshold (default confidence)")
+    i.add_argument("--mark", action="store_true", help="also print the result with the filled gaps in [brackets]")
+    _sampling_args(i)
+    i.set_defaults(func=_cmd_infill)
+
+    e = ts.add_parser("eval", help="held-out bits/char, sample entropy, generative perplexity, tokens/s")
+    e.add_argument("model_dir")
+    e.add_argument("--judge", default=None, metavar="AR_MODEL_DIR", help="AR model for generative perplexity")
+    e.add_argument("--windows", type=int, default=64, help="held-out windows of one context each (default 64)")
+    e.add_argument("--samples", type=int, default=4, help="ELBO draws per window (diffusion; default 4)")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    e.add_argument("--device", default="cpu", help="cpu or cuda")
+    _trust_args(e)
+    e.set_defaults(func=_cmd_eval)

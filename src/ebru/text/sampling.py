@@ -1,0 +1,85 @@
+"""Drawing tokens from logits: temperature, top-k, top-p, and Gumbel-max in float64.
+
+Every random number comes from a per-sequence ``torch.Generator`` (seed ``s`` for sequence
+``i``), so a sample does not depend on the batch it was drawn in. The Gumbel noise is
+float64: with float32 the largest Gumbel values are truncated, which silently lowers the
+effective temperature (Zheng et al., arXiv 2409.02908).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import TextInputError
+
+
+def generators(seeds: int | Iterable[int], batch: int) -> list[torch.Generator]:
+    """One generator per sequence: ``seeds`` is the first seed (row i gets seed + i) or one seed per row."""
+    seeds = [seeds + i for i in range(batch)] if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(seeds) != batch:
+        raise TextInputError(f"{len(seeds)} seeds for {batch} sequences")
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise TextInputError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise TextInputError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise TextInputError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set to -inf every logit outside the top-k, and outside the smallest set with probability >= top_p."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        drop_sorted = before >= top_p  # the most likely token is always kept (before = 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -torch.inf)
+    return logits
+
+
+def gumbel_noise(shape: Sequence[int], generator: torch.Generator) -> Tensor:
+    """Standard Gumbel noise in float64: -log(-log u), u uniform on (0, 1)."""
+    u = torch.rand(tuple(shape), generator=generator, dtype=torch.float64)
+    tiny = torch.finfo(torch.float64).tiny
+    e = (-torch.log(u.clamp_min(tiny))).clamp_min(tiny)  # standard exponential, never 0
+    return -torch.log(e)
+
+
+def draw_rows(logits: Tensor, gens: list[torch.Generator], temperature: float = 1.0, top_k: int | None = None,
+              top_p: float | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`draw` for logits (B, n, V) of B sequences at once, sequence i with generator ``gens[i]``."""
+    logits = filter_logits(logits.double(), top_k, top_p)
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        noise = torch.stack([gumbel_noise(logits.shape[1:], g) for g in gens]).to(logits.device)
+        tokens = (logits / temperature + noise).argmax(-1)
+    return tokens, logits.softmax(-1).gather(-1, tokens[..., None])[..., 0]
+
+
+def draw(logits: Tensor, generator: torch.Generator, temperature: float = 1.0, top_k: int | None = None,
+         top_p: float | None = None) -> tuple[Tensor, Tensor]:
+    """Tokens and their confidence for logits (n, V) of one sequence.
+
+    The token is ``argmax(filtered logits / temperature + Gumbel)`` in float64 (plain argmax at
+    temperature 0); the confidence is the model's probability of that token (the softmax of
+    the filtered logits, at temperature 1), as in LLaDA's low-confidence remasking.
+    """
+    logits = filter_logits(logits.double(), top_k, top_p)
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        tokens = (logits / temperature + gumbel_noise(logits.shape, generator)).argmax(-1)
+    conf = logits.softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    return tokens, conf
