@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="for class-conditional models")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--merge", action="store_true", help="add these points to the existing result file "
+                    "(same model and N), replacing points of the same sampler and NFE")
     args = ap.parse_args()
     out_json = RESULTS / f"{NAME}.json"
     if args.plot_only:
@@ -88,6 +90,11 @@ def main() -> None:
     if pipe.num_classes:
         labels = [i % pipe.num_classes for i in range(args.n_samples)]
     curves: dict[str, list[dict]] = {}
+    if args.merge and out_json.is_file():
+        old = json.loads(out_json.read_text())
+        if old.get("model") != str(args.model) or old["summary"].get("n_samples") != args.n_samples:
+            sys.exit(f"--merge: {out_json} holds another model or sample count")
+        curves = old["curves"]
     t0 = time.time()
     for name in args.samplers.split(","):
         fn = SAMPLERS[name]
@@ -111,7 +118,9 @@ def main() -> None:
                         "stochastic": bool(getattr(fn, "stochastic", False)), "seconds": time.time() - t})
             print(f"{name:<14} NFE {nfe:>3} ({steps:>3} steps)  FID {m['fid']:8.3f}  KID {m['kid']:.5f}  "
                   f"[{time.time() - t:.0f}s, {(time.time() - t0) / 60:.1f} min total]", flush=True)
-        curves[name] = pts
+        merged = {p["nfe"]: p for p in curves.get(name, [])}
+        merged.update({p["nfe"]: p for p in pts})
+        curves[name] = [merged[k] for k in sorted(merged)]
         best = {n: min(p["fid"] for p in ps) for n, ps in curves.items()}
         at10 = {n: min((p for p in ps if p["nfe"] <= 10), key=lambda p: p["fid"], default=None)
                 for n, ps in curves.items()}
@@ -120,7 +129,8 @@ def main() -> None:
                    "best_fid_at_nfe_le_10": min((p["fid"] for p in at10.values() if p), default=None),
                    "best_sampler_at_nfe_le_10": min((n for n in at10 if at10[n]), key=lambda n: at10[n]["fid"])}
         result = {"summary": summary, "curves": curves}
-        write_result(NAME, summary, curves=curves, model=str(args.model), nfe_budgets=budgets,
+        budgets_all = sorted({p["nfe"] for ps in curves.values() for p in ps})
+        write_result(NAME, summary, curves=curves, model=str(args.model), nfe_points=budgets_all,
                      model_training=pipe.config.get("training", {}).get("steps"),
                      feature_net_sha256=ref.net_sha256, reference={"dataset": ref.dataset, "n": ref.n},
                      seeds=[0, args.n_samples - 1], guidance=args.guidance)

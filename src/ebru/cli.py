@@ -15,6 +15,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ebru: error: {message} (see '{self.prog} --help')\n")
 
 
+def _add_load_flags(p: argparse.ArgumentParser) -> None:
+    """The options of ``ebru.load`` (verification and licence policy) for commands that load a model."""
+    p.add_argument("--trusted-keys", default=None, metavar="DIR",
+                   help="directory of trusted .pub keys (default: $EBRU_TRUSTED_KEYS or ~/.config/ebru/trusted_keys)")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="load a package with no signature by a trusted key (prints a warning)")
+    p.add_argument("--policy", default=None, metavar="FILE.toml",
+                   help="licence policy (default: $EBRU_LICENSE_POLICY, ~/.config/ebru/license_policy.toml, built-in)")
+
+
+def _load_model(args: argparse.Namespace):
+    """Verify and read ``args.model_dir`` through ``ebru.load``, the one loading path."""
+    from ebru.trust import load
+
+    return load(args.model_dir, policy=args.policy, trusted_keys=args.trusted_keys,
+                allow_unsigned=args.allow_unsigned)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ebru.pipelines.demo import run_demo
 
@@ -59,7 +77,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"-n must be >= 1, got {args.n}")
     if not args.grid and not args.out_dir:
         raise ValueError("say where the images go: --grid FILE.png and/or --out-dir DIR")
-    pipe = ImagePipeline.from_pretrained(args.model_dir, device=args.device)
+    pipe = ImagePipeline.from_pretrained(_load_model(args), device=args.device)
     labels = None
     if args.class_ is not None:
         labels = [pipe.class_index(c) for c in args.class_.split(",")]
@@ -86,6 +104,29 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
               "the class they were asked for (ebru's Fashion-MNIST feature network)")
     for key in ("model", "samples", "forward", "reverse", "log"):
         print(f"{key + ':':<9}{r[key]}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from ebru.eval import evaluate_model, format_report, parse_metrics
+
+    metrics = parse_metrics(args.metrics)
+    from ebru.pipelines.image import ImagePipeline
+
+    pipe = ImagePipeline.from_pretrained(_load_model(args))
+    pipe.name = args.model_dir
+    report = evaluate_model(pipe, metrics=metrics, n=args.n, sampler=args.sampler, steps=args.steps,
+                            guidance=args.guidance, seed=args.seed, batch=args.batch, reference=args.reference,
+                            nll_images=args.nll_images, progress=True)
+    print(format_report(report))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"\njson: {args.json}")
     return 0
 
 
@@ -131,7 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nrow", type=int, default=None, help="images per grid row")
     m.add_argument("--out-dir", default=None, metavar="DIR", help="write one PNG per image")
     m.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_load_flags(m)
     m.set_defaults(func=_cmd_sample)
+
+    e = sub.add_parser("eval", help="score a model: FID, KID, precision/recall, class agreement, NLL")
+    e.add_argument("model_dir")
+    e.add_argument("--metrics", default="fid,kid,precision,recall,agreement",
+                   help="comma-separated: fid,kid,precision,recall,agreement,nll,nll_bound (default: all but the nlls)")
+    e.add_argument("-n", type=int, default=2000, help="samples to generate (default 2000)")
+    e.add_argument("--sampler", default=None, help="sampler (default: the model's)")
+    e.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    e.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    e.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
+    e.add_argument("--batch", type=int, default=250, help="images per sampling batch")
+    e.add_argument("--reference", default="fashion-mnist:test",
+                   help="reference data (a dataset spec or a saved .safetensors reference file)")
+    e.add_argument("--nll-images", type=int, default=64, help="test images for nll and nll_bound (default 64)")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    _add_load_flags(e)
+    e.set_defaults(func=_cmd_eval)
+
+    from ebru import cli_text, cli_trust
+
+    cli_trust.register(sub)
+    cli_text.register(sub)
     return p
 
 

@@ -90,13 +90,15 @@ def test_reference_features_are_cached_and_bound_to_their_network(fmnist, tmp_pa
 
 
 def test_evaluate_model_reports_every_figure_with_its_provenance(fmnist, cond_model, tmp_path):
-    r = evaluate_model(cond_model, metrics="fid,kid,precision,recall,agreement,nll", n=300, sampler="euler",
+    r = evaluate_model(cond_model, metrics="fid,kid,precision,recall,agreement,nll,nll_bound", n=300, sampler="euler",
                        steps=2, batch=150, nll_images=2)
     m = r["metrics"]
-    for key in ("fid", "fid_real_floor", "kid", "kid_std", "precision", "recall", "agreement", "nll_bpd"):
+    for key in ("fid", "fid_real_floor", "kid", "kid_std", "precision", "recall", "agreement", "nll_bpd",
+                "nll_bound_bpd"):
         assert math.isfinite(m[key]), key
     assert r["sampling"]["seeds"] == [0, 299] and r["sampling"]["sampler"] == "euler"
     assert 0.0 < m["nll_bpd"] < 40 and r["nll"]["images"] == 2
+    assert m["nll_bound_bpd"] > 0  # a bound on a discrete NLL is positive
     table = format_report(r)
     assert "FID" in table and "biased" in table and r["feature_net"]["sha256"][:16] in table
 

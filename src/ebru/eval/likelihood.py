@@ -173,7 +173,7 @@ def variational_bound(denoiser: Callable[..., Tensor], x0: Tensor, sigmas: Tenso
     x0 = x0.to(torch.float64)
     if decoder == "discrete":
         grid = (x0 + 1) * 127.5
-        if bool((grid - grid.round()).abs().max() > 1e-6) or bool((x0.abs() > 1 + 1e-9).any()):
+        if bool((grid - grid.round()).abs().max() > 1e-3) or bool((x0.abs() > 1 + 1e-9).any()):
             raise ValueError("decoder='discrete' needs 8-bit data on the grid k / 127.5 - 1; "
                              "use decoder='gaussian' for continuous data")
     dtype = _model_dtype(denoiser)
