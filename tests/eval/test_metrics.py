@@ -78,7 +78,6 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():
     assert abs(mean) < std  # subsets of one pool are correlated: compare with one subset's spread
     shifted, _ = kid(a, b + 0.5, subsets=20, subset_size=500)
     assert shifted > 20 * std
-    assert kid(a[:10], b, subsets=3)[0] == pytest.approx(kid(a[:10], b[:10], subsets=3, seed=0)[0], abs=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         kid(a[:1], b)
 

@@ -24,6 +24,16 @@ def _suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+def check_keys(d: Any, cls: type, what: str) -> None:
+    """Refuse a non-dict or any key that is not a field of dataclass ``cls``, naming the nearest valid key."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+        if key not in names:
+            raise ValueError(f"unknown {what} key {key!r}{_suggest(key, names)}; valid keys: {', '.join(names)}")
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -61,13 +71,7 @@ class NetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
         """Build a config from a dict; unknown keys raise ``ValueError`` naming the nearest valid key."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        for key in d:
-            if key not in names:
-                raise ValueError(f"unknown {cls.KIND} config key {key!r}{_suggest(key, names)}; "
-                                 f"valid keys: {', '.join(names)}")
+        check_keys(d, cls, f"{cls.KIND} config")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import _suggest
+from .config import check_keys
 
 
 @dataclass
@@ -67,11 +67,7 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ValueError(f"unknown transformer key {key!r}{_suggest(key, names)}; valid keys: "
-                                 f"{', '.join(names)}")
+        check_keys(d, cls, "transformer")
         return cls(**d)
 
 

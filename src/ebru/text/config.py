@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any, Self
+
+from ebru.nets.config import check_keys
 
 PROCESSES = ("masked", "uniform", "block", "ar")
 TOKENIZERS = ("char", "bpe")
@@ -43,10 +44,5 @@ class TextConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
-                raise ValueError(f"unknown text config key {key!r}{hint}")
+        check_keys(d, cls, "text config")
         return cls(**d)
