@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 class _Parser(argparse.ArgumentParser):
@@ -15,22 +16,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ebru: error: {message} (see '{self.prog} --help')\n")
 
 
-def _add_load_flags(p: argparse.ArgumentParser) -> None:
-    """The options of ``ebru.load`` (verification and licence policy) for commands that load a model."""
+POLICY_HELP = "licence policy (default: $EBRU_LICENSE_POLICY, ~/.config/ebru/license_policy.toml, built-in)"
+
+
+def _add_load_flags(p: argparse.ArgumentParser, policy_help: str = POLICY_HELP) -> None:
+    """The options of ``ebru.load`` (verification and licence policy) for commands that load a model.
+
+    Used by ``ebru sample``/``eval`` and the ``ebru text`` commands; read them back with :func:`_load_options`.
+    """
     p.add_argument("--trusted-keys", default=None, metavar="DIR",
                    help="directory of trusted .pub keys (default: $EBRU_TRUSTED_KEYS or ~/.config/ebru/trusted_keys)")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="load a package with no signature by a trusted key (prints a warning)")
-    p.add_argument("--policy", default=None, metavar="FILE.toml",
-                   help="licence policy (default: $EBRU_LICENSE_POLICY, ~/.config/ebru/license_policy.toml, built-in)")
+    p.add_argument("--policy", default=None, metavar="FILE.toml", help=policy_help)
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``ebru.load`` given by :func:`_add_load_flags`' flags."""
+    return {"policy": args.policy, "trusted_keys": args.trusted_keys, "allow_unsigned": args.allow_unsigned}
 
 
 def _load_model(args: argparse.Namespace):
     """Verify and read ``args.model_dir`` through ``ebru.load``, the one loading path."""
     from ebru.trust import load
 
-    return load(args.model_dir, policy=args.policy, trusted_keys=args.trusted_keys,
-                allow_unsigned=args.allow_unsigned)
+    return load(args.model_dir, **_load_options(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

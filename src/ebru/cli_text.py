@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ebru.cli import _add_load_flags, _load_options
+
 QUICKSTART_RECIPE = "text_quickstart"
 QUICKSTART_LENGTH = 200
 QUICKSTART_INFILL = "It is a truth [25] that a single man in possession of a good fortune, must be in want of a wife."
@@ -59,17 +61,9 @@ def _decode_opts(args: argparse.Namespace) -> dict[str, Any]:
     return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
 
 
-def _load_opts(args: argparse.Namespace) -> dict[str, Any]:
-    """Options of ``ebru.trust.load``: the same trust flags as ``ebru sample``."""
-    return {"policy": args.policy, "trusted_keys": args.trusted_keys, "allow_unsigned": args.allow_unsigned}
-
-
 def _trust_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trusted-keys", default=None, metavar="DIR",
-                   help="directory of trusted .pub keys (default: $EBRU_TRUSTED_KEYS or ~/.config/ebru/trusted_keys)")
-    p.add_argument("--allow-unsigned", action="store_true",
-                   help="load a package with no signature by a trusted key (prints a warning)")
-    p.add_argument("--policy", default=None, metavar="FILE.toml", help="licence policy (default: the one in force)")
+    """The trust flags of ``ebru sample`` (``ebru.cli._add_load_flags``); read back with ``_load_options``."""
+    _add_load_flags(p, policy_help="licence policy (default: the one in force)")
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -88,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from ebru.text import TextModel
 
-    model = TextModel.from_pretrained(args.model_dir, device=args.device, **_load_opts(args))
+    model = TextModel.from_pretrained(args.model_dir, device=args.device, **_load_options(args))
     steps = args.steps if args.steps is not None else (args.length if model.kind != "ar" else None)
     frames: list[list[int]] = []
     bar = None  # made at the first step, so that an input error is not printed over a bar
@@ -133,7 +127,7 @@ def _pick(n: int, k: int) -> list[int]:
 def _cmd_infill(args: argparse.Namespace) -> int:
     from ebru.text import TextModel
 
-    model = TextModel.from_pretrained(args.model_dir, device=args.device, **_load_opts(args))
+    model = TextModel.from_pretrained(args.model_dir, device=args.device, **_load_options(args))
     result = model.infill(args.text, gap_length=args.gap_length, steps=args.steps, decoder=args.decoder,
                           seed=args.seed, **_decode_opts(args))
     print(result.text)
@@ -175,7 +169,7 @@ def evaluate(model_dir: str | Path, *, judge: str | Path | None = None, windows:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate(args.model_dir, judge=args.judge, windows=args.windows, samples=args.samples, device=args.device,
-                 **_load_opts(args))
+                 **_load_options(args))
     le = "<=" if r["bpc_is_bound"] else "="
     print(f"model:        {r['model']} ({r['kind']})")
     print(f"held out:     {r['held_out']} ({r['eval']['windows']} windows, {r['eval']['chars']} characters)")

@@ -8,14 +8,13 @@ The package has the shape of ebru's image model packages (``ebru.train.export``)
     tokenizer.json     the tokenizer the model was trained with
     manifest.json      SHA-256 of every file plus the training provenance (and model.sig if signed)
 
-It is written by :func:`ebru.trust.write_package` (atomically, signed when a key is given) and
+It is written by :func:`ebru.trust.write_trained_package` (atomically, signed when a key is given) and
 read back through :func:`ebru.trust.load`, which verifies the manifest, signature and licence
 before anything is parsed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -242,18 +241,14 @@ class TextModel:
 
 
 def model_card(config: dict[str, Any], license_id: str) -> str:
+    from ebru.trust import card_front_matter
+
     t = config.get("training", {})
     kind = config["process"]["kind"]
+    front = card_front_matter(license_id, t.get("dataset", "unknown"), pipeline_tag="text-generation",
+                              intended_use="research and education; generating and infilling text like the "
+                                           "training corpus")
     lines = [
-        "---",
-        f"license: {license_id}",
-        "library_name: ebru",
-        "base_model: null",
-        "datasets:",
-        f"  - {json.dumps(t.get('dataset', 'unknown'))}",
-        "pipeline_tag: text-generation",
-        "intended_use: research and education; generating and infilling text like the training corpus",
-        "---",
         "",
         f"# ebru {DESCRIPTION[kind].split(' (')[0]}",
         "",
@@ -274,19 +269,23 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
         + ("" if kind in ("ar", "block") else " or `ebru text infill <this directory> --text \"... [20] ...\"`") + ".",
         "",
     ]
-    return "\n".join(lines)
+    return front + "\n".join(lines)
 
 
 def save_model_dir(path: str | Path, net_state: dict[str, Tensor], config: dict[str, Any], tokenizer,
                    license_id: str = "mit", provenance: dict[str, Any] | None = None,
                    sign_key: Any = None) -> Path:
-    """Write a text model package with :func:`ebru.trust.write_package` (atomic; signed with ``sign_key``)."""
-    from ebru.trust import write_package
+    """Write a text model package with :func:`ebru.trust.write_trained_package` (atomic; signed with ``sign_key``).
+
+    A ``sign_key`` that cannot be used still writes the package, unsigned, then raises a one-line
+    ``ValueError`` saying how to sign it afterwards.
+    """
+    from ebru.trust import write_trained_package
 
     config = {"ebru_version": ebru.__version__, **config}
-    return write_package(path, config, net_state, model_card(config, license_id), provenance,
-                         sign_key=sign_key, metadata={"format": "pt", "ebru_kind": config["kind"]},
-                         extra_files={TOKENIZER_FILE: tokenizer.dumps().encode("utf-8")})
+    return write_trained_package(path, config, net_state, model_card(config, license_id), provenance,
+                                 sign_key=sign_key, metadata={"format": "pt", "ebru_kind": config["kind"]},
+                                 extra_files={TOKENIZER_FILE: tokenizer.dumps().encode("utf-8")})
 
 
 def model_dir_config(kind: str, net: Transformer, tokenizer, *, block_size: int, eps: float,

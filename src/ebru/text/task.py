@@ -121,17 +121,5 @@ class TextTask:
                       "config": self.cfg.to_dict(), "code_revision": training["code_revision"],
                       "final_metrics": {"final_loss": final_loss, "steps": trainer.step,
                                         "sequences": trainer.images_seen, "minutes": training["minutes"]}}
-        key, key_error = None, None
-        if self.cfg.sign_key:
-            from ebru.trust import TrustError, load_signing_key
-
-            try:
-                key = load_signing_key(self.cfg.sign_key)
-            except TrustError as e:
-                key_error = e
-        out = save_model_dir(path, model.net.state_dict(), config, self.tokenizer, self.cfg.license, provenance,
-                             sign_key=key)
-        if key_error is not None:
-            raise ValueError(f"the model was written to {path} but not signed ({key_error}); sign it with "
-                             f"'ebru sign {path} --key KEY'")
-        return out
+        return save_model_dir(path, model.net.state_dict(), config, self.tokenizer, self.cfg.license, provenance,
+                              sign_key=self.cfg.sign_key)

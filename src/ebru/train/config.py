@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,15 @@ class TrainConfig:
         need(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         need(isinstance(self.model, dict), "model must be a table of network settings")
         need(isinstance(self.text, dict), "text must be a table of text-model settings")
+        need(self.sign_key is None or isinstance(self.sign_key, str),
+             f"sign_key must be the path of a private key file (.key), got {self.sign_key!r}")
+        if self.sign_key and os.environ.get("RANK", "0") == "0":  # only the main process exports and signs
+            from ebru.trust import TrustError, load_signing_key
+
+            try:  # found now, not after the whole training budget
+                load_signing_key(self.sign_key)
+            except TrustError as e:
+                raise ValueError(f"sign_key: {e}") from None
 
 
 def unknown_key_message(key: str, valid: set[str] | list[str], where: str) -> str:

@@ -3,7 +3,7 @@
 ``config.json``, ``model.safetensors`` (the EMA weights), ``MODEL_CARD.md`` and
 ``manifest.json`` (SHA-256 and size of every file, plus the training provenance: dataset and
 its content hash, the full training config, code revision, final metrics), written by
-:func:`ebru.trust.write_package`: into a temporary directory, renamed into place, so a crash
+:func:`ebru.trust.write_trained_package`: into a temporary directory, renamed into place, so a crash
 never leaves a half-written model. With ``sign_key`` set in the training config, the package is
 also signed (``model.sig``).
 
@@ -13,14 +13,13 @@ The directory is what ``ebru sample`` and ``ImagePipeline.from_pretrained`` load
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ebru
-from ebru.trust import TrustError, load_signing_key, write_package
+from ebru.trust import card_front_matter, write_trained_package
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -61,16 +60,11 @@ def model_config(trainer: Trainer, final_loss: float | None) -> dict[str, Any]:
 def model_card(config: dict[str, Any], license_id: str) -> str:
     t = config["training"]
     classes = config.get("class_names")
+    front = card_front_matter(
+        license_id, t["dataset"],
+        pipeline_tag="class-conditional-image-generation" if classes else "unconditional-image-generation",
+        intended_use="research and education; generating images like the training set")
     lines = [
-        "---",
-        f"license: {license_id}",
-        "library_name: ebru",
-        "base_model: null",
-        "datasets:",
-        f"  - {json.dumps(t['dataset'])}",
-        "pipeline_tag: " + ("class-conditional-image-generation" if classes else "unconditional-image-generation"),
-        "intended_use: research and education; generating images like the training set",
-        "---",
         "",
         "# ebru image diffusion model",
         "",
@@ -87,7 +81,7 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
         "Sample it with `ebru sample <this directory> -n 16 --grid samples.png`.",
         "",
     ]
-    return "\n".join(lines)
+    return front + "\n".join(lines)
 
 
 def provenance(trainer: Trainer, final_loss: float | None) -> dict[str, Any]:
@@ -116,15 +110,7 @@ def export_model(path: str | Path, trainer: Trainer, final_loss: float) -> Path:
         final_loss = None
     config = model_config(trainer, final_loss)
     weights = {k: v.detach().contiguous().cpu() for k, v in trainer.ema.state_dict().items()}
-    key, key_error = None, None
-    if trainer.cfg.sign_key:
-        try:
-            key = load_signing_key(trainer.cfg.sign_key)
-        except TrustError as e:
-            key_error = e
-    write_package(path, config, weights, model_card(config, trainer.cfg.license), provenance(trainer, final_loss),
-                  metadata={"format": "pt", "ebru_kind": "image-diffusion"}, sign_key=key)
-    if key_error is not None:
-        raise ValueError(f"the model was written to {path} but not signed ({key_error}); sign it with "
-                         f"'ebru sign {path} --key KEY'")
+    write_trained_package(path, config, weights, model_card(config, trainer.cfg.license),
+                          provenance(trainer, final_loss), sign_key=trainer.cfg.sign_key,
+                          metadata={"format": "pt", "ebru_kind": "image-diffusion"})
     return path

@@ -2,7 +2,9 @@
 
 - :func:`load` — the one loader: manifest, signature, licence policy, strict read (``ebru.load``).
 - :func:`verify` — the same checks without materialising tensors (``ebru verify``).
-- :func:`write_package` — write a complete, atomic package from tensors (trainers call this).
+- :func:`write_package` — write a complete, atomic package from tensors; :func:`write_trained_package`
+  — the same at the end of a training run (a key problem leaves the package written, unsigned).
+- :func:`card_front_matter` — the model card's YAML front matter for a model ebru trained.
 - :func:`package_dir` — write/refresh the manifest of weights brought in from elsewhere (``ebru package``).
 - :func:`sign_package`, :func:`generate_key`, :class:`TrustedKeys` — keys and signatures (``ebru keys/sign``).
 - :func:`pack`, :func:`unpack` — tar bundles for crossing a boundary (``ebru pack/unpack``).
@@ -16,7 +18,7 @@ come from in :mod:`ebru.trust.settings`, and the rules for unsigned packages in
 """
 
 from .bundle import pack, unpack
-from .card import ModelCard, parse_card
+from .card import ModelCard, card_front_matter, parse_card
 from .errors import (
     AuditError,
     BundleError,
@@ -34,7 +36,7 @@ from .keys import SigningKey, TrustedKey, TrustedKeys, generate_key, load_public
 from .license import DEFAULT_POLICY_TOML, LicenseDecision, Policy, load_policy, parse_policy
 from .loader import LoadedModel, load, verify
 from .manifest import CARD, CONFIG, MANIFEST, SIGNATURE, WEIGHTS, Manifest
-from .package import package_dir, sign_package, write_package
+from .package import package_dir, sign_package, write_package, write_trained_package
 from .safetensors_strict import SafetensorsInfo, TensorInfo, load_bytes, load_file, validate_bytes, validate_file
 
 __all__ = [
@@ -42,7 +44,7 @@ __all__ = [
     "AuditError", "BundleError", "CardError", "IntegrityError", "KeyFileError", "LicenseDecision", "LicenseError",
     "LoadedModel", "Manifest", "ModelCard", "Policy", "PolicyError", "SafetensorsInfo", "SignatureError",
     "SigningKey", "TensorInfo", "TrustError", "TrustedKey", "TrustedKeys", "UnsafeFileError", "UntrustedKeyError",
-    "generate_key", "load", "load_bytes", "load_file", "load_policy", "load_public_key", "load_signing_key",
-    "pack", "package_dir", "parse_card", "parse_policy", "sign_package", "unpack", "validate_bytes",
-    "validate_file", "verify", "write_package",
+    "card_front_matter", "generate_key", "load", "load_bytes", "load_file", "load_policy", "load_public_key",
+    "load_signing_key", "pack", "package_dir", "parse_card", "parse_policy", "sign_package", "unpack",
+    "validate_bytes", "validate_file", "verify", "write_package", "write_trained_package",
 ]

@@ -12,6 +12,9 @@
     intended_use: research and education
     ---
 
+:func:`card_front_matter` writes the block for a model ebru trained (``library_name: ebru``, no
+base model, one dataset).
+
 The YAML is read with PyYAML's safe loader, made stricter: aliases and anchors are refused
 (no "billion laughs" expansion), and so are duplicate keys (two ``license:`` lines could be
 read differently by different tools). The block is at most 256 KiB.
@@ -19,6 +22,7 @@ read differently by different tools). The block is at most 256 KiB.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +71,26 @@ class ModelCard:
     datasets: tuple[str, ...] = ()
     intended_use: str | None = None
     front_matter: dict[str, Any] = field(default_factory=dict)
+
+
+def card_front_matter(license_id: str, dataset: Any, *, pipeline_tag: str, intended_use: str) -> str:
+    """The front matter of a card for a model trained by ebru from scratch, ``---`` lines and final newline included.
+
+    ``dataset`` is written as a JSON string (a valid YAML scalar, whatever characters it holds).
+    Append the card's Markdown body after it.
+    """
+    lines = [
+        "---",
+        f"license: {license_id}",
+        "library_name: ebru",
+        "base_model: null",
+        "datasets:",
+        f"  - {json.dumps(dataset)}",
+        f"pipeline_tag: {pipeline_tag}",
+        f"intended_use: {intended_use}",
+        "---",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def front_matter(text: str, path: str | os.PathLike) -> str:

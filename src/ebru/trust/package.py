@@ -1,5 +1,6 @@
-"""Making packages: :func:`write_package` (from tensors), :func:`package_dir` (a directory of
-files brought in from elsewhere), and :func:`sign_package`.
+"""Making packages: :func:`write_package` (from tensors), :func:`write_trained_package` (the same at
+the end of a training run), :func:`package_dir` (a directory of files brought in from elsewhere),
+and :func:`sign_package`.
 
 :func:`write_package` is the generic writer any trainer calls (image and text models alike)::
 
@@ -151,6 +152,32 @@ def write_package(path: str | os.PathLike, config: dict[str, Any], weights: dict
                              "signed_by": key.key_id if key else None,
                              "created_by": manifest.provenance.get("created_by")})
     return path
+
+
+def write_trained_package(path: str | os.PathLike, config: dict[str, Any], weights: dict[str, Tensor], card: str,
+                          provenance: dict[str, Any] | None = None, *,
+                          sign_key: SigningKey | str | os.PathLike | None = None,
+                          metadata: dict[str, str] | None = None,
+                          extra_files: dict[str, bytes] | None = None) -> Path:
+    """:func:`write_package` for the end of a training run: the trained weights are never lost to a key problem.
+
+    A ``sign_key`` that cannot be used (missing, not a private key, wrong passphrase, expired)
+    still writes the package, unsigned, then raises a one-line ``ValueError`` that names the key
+    problem and says how to sign the package afterwards. Everything else is as :func:`write_package`.
+    """
+    path = Path(path)
+    key, key_error = None, None
+    if sign_key:
+        try:
+            key = _key(sign_key)
+        except TrustError as e:
+            key_error = e
+    out = write_package(path, config, weights, card, provenance, sign_key=key, metadata=metadata,
+                        extra_files=extra_files)
+    if key_error is not None:
+        raise ValueError(f"the model was written to {path} but not signed ({key_error}); sign it with "
+                         f"'ebru sign {path} --key KEY'")
+    return out
 
 
 def package_dir(model_dir: str | os.PathLike, provenance: dict[str, Any] | None = None, *,
