@@ -217,3 +217,23 @@ def test_deterministic_samplers_converge_on_mixture(mixture_problem, sampler, sc
     assert all(e2 < e1 for e1, e2 in itertools.pairwise(errs)), msg
     assert errs[-1] < bound, msg
     assert abs(pair_orders(errs)[-1] - order) <= 0.4, msg
+
+
+def test_dpmpp_3m_lower_order_final_is_a_second_order_step(gaussian_problem):
+    """Below 15 steps the last step before sigma = 0 drops the second difference: x' = e^-h x + (1 - e^-h) D
+    + phi_2 (D - D_prev) / r, the exponential integrator's second-order step from the same history."""
+    o, x, _ = gaussian_problem
+    sigmas = get_sigmas("karras", 8, SIGMA_MIN, SIGMA_MAX)
+    infos: list[dict] = []
+    out = SAMPLERS["dpmpp_3m"](o, x, sigmas, callback=infos.append)
+    full = SAMPLERS["dpmpp_3m"](o, x, sigmas, lower_order_final=False)
+    assert not torch.allclose(out, full)  # the option changes the answer ...
+    *_, b, c, last = infos  # ... at the step into the smallest nonzero sigma (c)
+    h, h_prev = (c["sigma"] / c["sigma_next"]).log(), (b["sigma"] / b["sigma_next"]).log()
+    phi_2 = torch.expm1(-h) / h + 1
+    d, d_prev = c["denoised"], b["denoised"]
+    x_2 = torch.exp(-h) * b["x"] - torch.expm1(-h) * d + phi_2 * (d - d_prev) * h / h_prev
+    assert torch.allclose(c["x"], x_2, rtol=0, atol=1e-12)
+    assert bool(last["sigma_next"] == 0) and torch.equal(out, last["denoised"])
+    long = get_sigmas("karras", 16, SIGMA_MIN, SIGMA_MAX)  # 15 steps or more: third order to the end
+    assert torch.equal(SAMPLERS["dpmpp_3m"](o, x, long), SAMPLERS["dpmpp_3m"](o, x, long, lower_order_final=False))

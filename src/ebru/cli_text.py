@@ -15,15 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from ebru.cli import _add_load_flags, _load_options
-
-QUICKSTART_RECIPE = "text_quickstart"
-QUICKSTART_LENGTH = 200
-QUICKSTART_INFILL = "It is a truth [25] that a single man in possession of a good fortune, must be in want of a wife."
 
 
 def _mask_char() -> str:
@@ -136,40 +131,11 @@ def _cmd_infill(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(model_dir: str | Path, *, judge: str | Path | None = None, windows: int = 64, samples: int = 4,
-             speed_length: int = 128, speed_steps: int = 32, num_samples: int = 8, device: str = "cpu",
-             progress: bool = True, **load_options: Any) -> dict[str, Any]:
-    """Held-out bits per character, sample entropy (and generative perplexity under ``judge``), tokens/s."""
-    from ebru.text import TextModel, load_corpus
-    from ebru.text.metrics import bits_per_char, generative_perplexity, tokens_per_second, unigram_entropy
-
-    model = TextModel.from_pretrained(model_dir, device=device, **load_options)
-    training = model.config.get("training", {})
-    corpus = load_corpus(training.get("config", {}).get("data") or training.get("corpus", "austen"))
-    bpc = bits_per_char(model, corpus.held_out_text, windows=windows, samples=samples, progress=progress)
-    length = min(speed_length, model.context)
-    steps = None if model.kind == "ar" else min(speed_steps, length)
-    gen = model.generate(num_samples, length, steps=steps, seeds=0)
-    result: dict[str, Any] = {
-        "model": str(model_dir), "kind": model.kind, "held_out": corpus.held_out_name,
-        "bpc": bpc["bpc"], "bpc_is_bound": bpc["bound"], "eval": bpc,
-        "samples": {"n": num_samples, "length": length, "steps": steps or length,
-                    "decoder": model.config.get("sampling", {}).get("decoder"), "gumbel": "float64",
-                    "entropy_bits": unigram_entropy(gen.tokens), "example": gen.texts[0]},
-        "tokens_per_s": {f"batch_{b}": tokens_per_second(model, b, length, steps=steps) for b in (1, 16)},
-    }
-    result["tokens_per_s"]["length"] = length
-    result["tokens_per_s"]["steps"] = steps or length
-    if judge is not None:
-        judge_model = TextModel.from_pretrained(judge, device=device, **load_options)
-        result["samples"]["gen_ppl"] = generative_perplexity(judge_model, gen.texts)
-        result["samples"]["judge"] = str(judge)
-    return result
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    r = evaluate(args.model_dir, judge=args.judge, windows=args.windows, samples=args.samples, device=args.device,
-                 **_load_options(args))
+    from ebru.pipelines.text import evaluate_text_model
+
+    r = evaluate_text_model(args.model_dir, judge=args.judge, windows=args.windows, samples=args.samples,
+                            device=args.device, **_load_options(args))
     le = "<=" if r["bpc_is_bound"] else "="
     print(f"model:        {r['model']} ({r['kind']})")
     print(f"held out:     {r['held_out']} ({r['eval']['windows']} windows, {r['eval']['chars']} characters)")
@@ -185,39 +151,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_quickstart(out: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the quickstart masked-diffusion model on Austen; generate, show the steps, infill."""
-    from ebru.text import TextModel
-    from ebru.text.metrics import bits_per_char
-    from ebru.train import Trainer, load_config
-    from ebru.train.checkpoint import list_checkpoints
-
-    t0 = time.time()
-    out = Path(out)
-    cfg = load_config(QUICKSTART_RECIPE, overrides)
-    resume = bool(list_checkpoints(out / "checkpoints"))
-    trainer = Trainer(cfg, out, resume=resume, progress=progress)
-    trainer.fit()
-    model = TextModel.from_pretrained(out / "model", quiet=True)
-    frames: list[list[int]] = []
-    length = min(QUICKSTART_LENGTH, model.context)
-    # Ancestral (random-order) decoding: on a small character model, confidence-ordered decoding
-    # reveals the easy characters (spaces) first and collapses into them.
-    gen = model.generate(1, length, steps=length // 4, decoder="ancestral", seeds=1, top_p=0.9,
-                         callback=lambda info: frames.append(info["tokens"][0].tolist()))
-    infill = model.infill(QUICKSTART_INFILL, steps=25, decoder="ancestral", seed=0, top_p=0.9)
-    bpc = bits_per_char(model, trainer.data.held_out_text, windows=16, samples=2)
-    t = model.config["training"]
-    return {"model": out / "model", "text": gen.texts[0], "frames": frames, "length": length, "nfe": gen.nfe,
-            "infill": infill, "bpc": bpc,
-            "held_out": trainer.data.held_out_name, "steps": t["steps"], "minutes": t["minutes"],
-            "final_loss": t["final_loss"], "tokenizer": model.tokenizer, "mask_id": model.process.mask_id,
-            "log": out / "log.csv", "seconds": time.time() - t0}
-
-
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"ebru text quickstart: training a masked-diffusion model on Jane Austen into {args.out}/ ...", flush=True)
-    r = run_quickstart(args.out, args.set)
+    from ebru.pipelines.text import run_text_quickstart
+
+    r = run_text_quickstart(args.out, args.set)
     mask = _mask_char()
     print(f"\ntrained {r['steps']} steps in {r['minutes']:.1f} min, final loss {r['final_loss']:.4f} nats/char "
           f"(a bound); held-out {r['held_out']}: <= {r['bpc']['bpc']:.3f} bits/char")
