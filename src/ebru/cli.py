@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import torch
+
+    torch.set_flush_denormal(True)  # before any worker thread starts, so they all inherit it (see Trainer)
     try:
         return args.func(args)
     except KeyboardInterrupt:

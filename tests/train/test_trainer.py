@@ -69,6 +69,22 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
         torch.testing.assert_close(v, b.net.state_dict()[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, grad_clip):
+    t = Trainer(tiny_config(grad_clip=grad_clip, model={**TINY_NET, "dropout": 0.0}), tmp_path, dataset=tiny_dataset(),
+                progress=False)
+    t.train_step()
+    real_loss = t.task.loss
+    t.task.loss = lambda *a: real_loss(*a) * float("nan")  # every gradient NaN for one step
+    t.train_step()
+    t.task.loss = real_loss
+    t.train_step()
+    for k, v in params(t).items():
+        assert torch.isfinite(v).all(), k
+    assert all(torch.isfinite(v).all() for v in t.ema.state_dict().values())
+    assert all(torch.isfinite(s).all() for st in t.opt.state.values() for s in st.values())
+
+
 def test_fit_writes_checkpoints_log_samples_and_model(tmp_path):
     from ebru.pipelines.image import ImagePipeline
 

@@ -162,6 +162,11 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = self.dist.device
+        if self.device.type == "cpu":
+            # Subnormal floats take a slow microcode path on x86. A trained bidirectional text model's
+            # attention weights underflow into them (exp of very negative scores), which made masked-
+            # diffusion steps 2x slower than AR steps on this CPU; flushing them to zero costs nothing.
+            torch.set_flush_denormal(True)
         self.progress = progress and self.dist.is_main
         self.task = make_task(cfg, self.device, dataset, self.dist.is_main)
         self.data = self.task.data
@@ -183,8 +188,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.train_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # The fused kernel does AdamW's whole update in one pass over each tensor; the default
+        # per-tensor path makes about eight (on a CPU it took a quarter of a U-Net training step).
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, fused=True)
         self.ema = EMA(self.net, cfg.ema_halflife_images, cfg.ema_rampup)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
@@ -277,11 +284,12 @@ class Trainer:
             total += loss.detach()
         if self.scaler:
             self.scaler.unscale_(self.opt)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        for p in self.net.parameters():  # a non-finite gradient never reaches the weights
-            if p.grad is not None:
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        norm = (torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip) if cfg.grad_clip
+                else torch.nn.utils.get_total_norm(grads))
+        if not bool(torch.isfinite(norm)):  # a non-finite gradient never reaches the weights
+            for g in grads:
+                torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
