@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Result files go to benchmarks/results/, or to $EBRU_RESULTS_DIR when set (benchmarks/gpu_session.sh sets it, so
+# a run on a lent machine, or its CPU smoke test, never writes over the committed results).
+RESULTS = Path(os.environ.get("EBRU_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 
 
 def cpu_name() -> str:
@@ -26,6 +28,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously): call it on both sides of a timing."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def machine() -> dict:
     info = {
         "cpu": cpu_name(),
@@ -35,12 +47,18 @@ def machine() -> dict:
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update({"gpu_memory_gib": round(props.total_memory / 2**30, 1), "gpu_sms": props.multi_processor_count,
+                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()})
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent)
         info["ebru_revision"] = rev.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         info["ebru_revision"] = None
+    if not info["ebru_revision"]:  # a copy of the tree without .git (a lent GPU): gpu_session.sh passes it on
+        info["ebru_revision"] = os.environ.get("EBRU_REVISION") or None
     return info
 
 

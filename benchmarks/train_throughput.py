@@ -15,8 +15,18 @@ each is also timed in the other memory format, to separate the format from the r
     python benchmarks/train_throughput.py                      # CPU, 32x32 RGB, batch 32
     python benchmarks/train_throughput.py --setting gray28     # Fashion-MNIST shaped
     python benchmarks/train_throughput.py --device cuda --bf16 --compile
+    python benchmarks/train_throughput.py --device cuda --bf16 --batch 128 --channels 128 \
+        --channel-mult 1,2,2,2 --attention-res 16 --name train_throughput_gpu_cifar_bf16
 
-Needs ``pip install diffusers`` (imported only here). Writes ``results/train_throughput.json``.
+The last line is the size of diffusers' DDPM CIFAR-10 U-Net (google/ddpm-cifar10-32: widths
+128-256-256-256, attention at 16x16; 35.7M parameters): with scale-shift conditioning in both
+networks it has 38.3M. The default widths (c, 2c, 2c) give only 27.7M at ``--channels 128``.
+
+On CUDA, float32 matrix products run as TF32 like the convolutions (``--no-tf32`` keeps them
+IEEE), for both libraries alike, and every timing is bracketed by ``torch.cuda.synchronize()``.
+With ``--compile`` the FLOPs per step are counted on the eager module.
+
+Needs ``pip install diffusers`` (imported only here). Writes ``results/<--name>.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from common import write_result
+from common import default_device, sync, write_result
 from ebru.diffusion import LogNormalSigma, Precond
 from ebru.nets import UNet, UNetConfig
 
@@ -49,23 +59,31 @@ class DiffusersAdapter(nn.Module):
         return self.model(x, c_noise).sample
 
 
-def build_diffusers(channels: int, image_size: int, in_ch: int, dropout: float) -> nn.Module:
+def build_diffusers(channels: int, image_size: int, in_ch: int, dropout: float, mult: tuple[int, ...] = (1, 2, 2),
+                    attn: tuple[int, ...] | None = None) -> nn.Module:
     from diffusers import UNet2DModel
 
+    attn = attn or (image_size // 4,)
+    res = [image_size // 2**i for i in range(len(mult))]  # the feature-map size of each level
+    attn_widths = {channels * m for m, r in zip(mult, res) if r in attn}
+    if len(attn_widths) > 1:
+        raise SystemExit("diffusers takes one attention_head_dim: put attention on levels of one width")
+    width = attn_widths.pop() if attn_widths else channels * mult[-1]
     model = UNet2DModel(
         sample_size=image_size, in_channels=in_ch, out_channels=in_ch,
-        block_out_channels=(channels, 2 * channels, 2 * channels), layers_per_block=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        attention_head_dim=2 * channels // 4, resnet_time_scale_shift="scale_shift", dropout=dropout,
+        block_out_channels=tuple(channels * m for m in mult), layers_per_block=2,
+        down_block_types=tuple("AttnDownBlock2D" if r in attn else "DownBlock2D" for r in res),
+        up_block_types=tuple("AttnUpBlock2D" if r in attn else "UpBlock2D" for r in reversed(res)),
+        attention_head_dim=width // 4, resnet_time_scale_shift="scale_shift", dropout=dropout,
     )
     return DiffusersAdapter(model)
 
 
-def build_ebru(channels: int, image_size: int, in_ch: int, dropout: float) -> nn.Module:
+def build_ebru(channels: int, image_size: int, in_ch: int, dropout: float, mult: tuple[int, ...] = (1, 2, 2),
+               attn: tuple[int, ...] | None = None) -> nn.Module:
     cfg = UNetConfig(image_size=image_size, in_channels=in_ch, out_channels=in_ch, channels=channels,
-                     channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(image_size // 4,),
-                     num_heads=4, dropout=dropout)
+                     channel_mult=tuple(mult), num_res_blocks=2,
+                     attention_resolutions=tuple(attn or (image_size // 4,)), num_heads=4, dropout=dropout)
     return UNet(cfg)
 
 
@@ -81,7 +99,8 @@ class Trainer:
         dev = torch.device(args.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(dev).to(memory_format=fmt).train()
-        self.model = Precond(torch.compile(self.net) if args.compile else self.net)
+        self.eager = Precond(self.net)
+        self.model = Precond(torch.compile(self.net)) if args.compile else self.eager
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4)
         self.x0 = x0.to(dev).contiguous(memory_format=fmt)
         self.noise = torch.randn_like(self.x0)
@@ -90,10 +109,11 @@ class Trainer:
         self.bf16 = args.bf16
         self.dev = dev
 
-    def step(self) -> None:
+    def step(self, eager: bool = False) -> None:
+        model = self.eager if eager else self.model
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             x = self.x0 + self.sigma.view(-1, 1, 1, 1) * self.noise
-            loss = (self.weight * (self.model(x, self.sigma) - self.x0) ** 2).mean()
+            loss = (self.weight * (model(x, self.sigma) - self.x0) ** 2).mean()
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -111,14 +131,9 @@ class Trainer:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
-            self.step()
+        with counter:  # on the eager module: a compiled graph hides its operations from the counter
+            self.step(eager=True)
         return counter.get_total_flops()
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def sgemm_flops(n: int = 2048, reps: int = 8) -> float:
@@ -147,12 +162,16 @@ def peak_flops(dev: torch.device, bf16: bool) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device())
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="rgb32")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--channels", type=int, default=64, help="base width of both U-Nets")
+    ap.add_argument("--channel-mult", default="1,2,2", help="width multiplier of each level (default 1,2,2)")
+    ap.add_argument("--attention-res", default=None,
+                    help="feature-map sizes with self-attention, comma-separated (default: image size / 4)")
+    ap.add_argument("--no-tf32", action="store_true", help="CUDA: keep float32 matrix products IEEE (no TF32)")
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=3, help="training steps per round and model")
@@ -164,10 +183,16 @@ def main() -> None:
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+        torch.backends.cudnn.allow_tf32 = not args.no_tf32
     in_ch, size = SETTINGS[args.setting]
+    mult = tuple(int(m) for m in args.channel_mult.split(","))
+    attn = tuple(int(r) for r in args.attention_res.split(",")) if args.attention_res else None
+    arch = (mult, attn)
     x0 = torch.rand(args.batch, in_ch, size, size) * 2 - 1
-    ebru_net = build_ebru(args.channels, size, in_ch, args.dropout)
-    diff_net = build_diffusers(args.channels, size, in_ch, args.dropout)
+    ebru_net = build_ebru(args.channels, size, in_ch, args.dropout, *arch)
+    diff_net = build_diffusers(args.channels, size, in_ch, args.dropout, *arch)
     params = {"ebru": n_params(ebru_net), "diffusers": n_params(diff_net)}
     mismatch = abs(params["ebru"] / params["diffusers"] - 1)
     print(f"params: ebru {params['ebru']:,}  diffusers {params['diffusers']:,}  (differ by {100 * mismatch:.2f}%)")
@@ -181,24 +206,28 @@ def main() -> None:
     alt = "ebru_nchw" if ebru_cl else "ebru_channels_last"
     variants: dict[str, tuple[nn.Module, bool]] = {"ebru": (ebru_net, False), "diffusers": (diff_net, False)}
     if not args.quick:
-        alt_net = build_ebru(args.channels, size, in_ch, args.dropout)
+        alt_net = build_ebru(args.channels, size, in_ch, args.dropout, *arch)
         alt_net.load_state_dict(ebru_net.state_dict())
         alt_net.channels_last = not ebru_cl
-        d_cl = build_diffusers(args.channels, size, in_ch, args.dropout)
+        d_cl = build_diffusers(args.channels, size, in_ch, args.dropout, *arch)
         d_cl.load_state_dict(diff_net.state_dict())
         variants.update({alt: (alt_net, not ebru_cl), "diffusers_channels_last": (d_cl, True)})
     trainers = {k: Trainer(net, args, x0, cl) for k, (net, cl) in variants.items()}
-    print(f"{args.setting} batch {args.batch} on {args.device} ({torch.get_num_threads()} threads), "
-          f"bf16={args.bf16} compile={args.compile}, {args.rounds} rounds x {args.steps} steps, alternating")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{args.setting} batch {args.batch} on {args.device} ({where}), "
+          f"bf16={args.bf16} compile={args.compile}, {args.rounds} rounds x {args.steps} steps, alternating",
+          flush=True)
 
-    for t in trainers.values():
-        t.run(args.warmup)
+    for name, t in trainers.items():
+        t0 = time.perf_counter()
+        t.run(args.warmup)  # with --compile: the compilation happens here
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     rates: dict[str, list[float]] = {k: [] for k in trainers}
     for r in range(args.rounds):
         order = list(trainers) if r % 2 == 0 else list(reversed(trainers))
         for name in order:
             rates[name].append(trainers[name].run(args.steps))
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{k} {rates[k][-1]:.1f}" for k in rates))
+        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{k} {rates[k][-1]:.1f}" for k in rates), flush=True)
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["ebru"] / med["diffusers"]
@@ -231,8 +260,11 @@ def main() -> None:
         if peak:
             summary[f"{k}_{'sgemm_fraction' if dev.type == 'cpu' else 'mfu'}"] = round(achieved / peak, 4)
     print(f"\nebru / diffusers images/s (each as shipped): {ratio:.2f}x")
-    path = write_result(args.name, summary, rates=rates, flops_per_step=flops,
-                        settings={**vars(args), "image": [in_ch, size, size]})
+    settings = {**vars(args), "image": [in_ch, size, size], "channel_mult": list(mult),
+                "attention_res": list(attn or (size // 4,))}
+    if dev.type == "cuda":
+        settings["tf32"] = not args.no_tf32
+    path = write_result(args.name, summary, rates=rates, flops_per_step=flops, settings=settings)
     print(f"wrote {path}")
 
 

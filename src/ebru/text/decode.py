@@ -59,15 +59,15 @@ class WindowStep:
         """Which of the n still-masked positions (their confidences ``conf``) to reveal at step ``k``: bool (n,)."""
         n = conf.numel()
         if k == self.steps - 1:
-            return torch.ones(n, dtype=torch.bool)
+            return torch.ones(n, dtype=torch.bool, device=conf.device)
         if self.decoder == "ancestral":
             t, s = 1 - k / self.steps, 1 - (k + 1) / self.steps
-            return torch.rand(n, generator=generator, dtype=torch.float64) < (t - s) / t
+            return (torch.rand(n, generator=generator, dtype=torch.float64) < (t - s) / t).to(conf.device)
         if self.decoder == "confidence":
             want = min(self.counts[k], n)
         else:  # threshold: every confident one, and at least enough to finish in the steps left
             want = max(int((conf >= self.threshold).sum()), math.ceil(n / (self.steps - k)), 1)
-        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen = torch.zeros(n, dtype=torch.bool, device=conf.device)
         chosen[conf.topk(min(want, n)).indices] = True
         return chosen
 

@@ -15,7 +15,6 @@ unigram entropy, and decoding speed.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -51,10 +50,11 @@ def sequence_nats(model: TextModel, x: Tensor, samples: int = 4, generator: torc
             b = p.block_size
             blk = torch.arange(L, device=x.device) // b
             size = torch.bincount(blk).double()[blk]  # size of each position's block (the last may be short)
-            frac = (k + torch.rand(B, int(blk[-1]) + 1, generator=generator, dtype=torch.float64)) / samples
+            draw = torch.rand(B, int(blk[-1]) + 1, generator=generator, dtype=torch.float64).to(x.device)
+            frac = (k + draw) / samples
             n_mask = (frac * size[::b][None]).floor().clamp(min=0) + 1
             n_mask = torch.minimum(n_mask, size[::b][None])[:, blk]
-            u = torch.rand(B, L, generator=generator) + blk[None].float() * 2  # rank within each block
+            u = torch.rand(B, L, generator=generator).to(x.device) + blk[None].float() * 2  # rank within each block
             rank = u.argsort(1).argsort(1) - (blk * b)[None]
             xt = torch.where(rank < n_mask, torch.full_like(x, p.mask_id), x)
             ce = p.masked_ce(p.logits(net, xt, x), x, xt).double()
@@ -63,6 +63,7 @@ def sequence_nats(model: TextModel, x: Tensor, samples: int = 4, generator: torc
             t = low_discrepancy(B, generator, p.eps)[torch.randperm(B, generator=generator)].clamp(max=1 - 1e-4)
             u = torch.rand(B, L, generator=generator)
             noise = torch.randint(p.vocab_size, (B, L), generator=generator)
+            t, u, noise = t.to(x.device), u.to(x.device), noise.to(x.device)
             zt = p.corrupt(x, t, u, noise)
             total += p.loss(net(zt), x, zt, t).double()
     return total / samples
@@ -120,7 +121,5 @@ def tokens_per_second(model: TextModel, batch: int, length: int, *, repeats: int
     """Generated tokens per second at batch size ``batch`` (best of ``repeats`` runs)."""
     best = math.inf
     for r in range(repeats):
-        t0 = time.perf_counter()
-        model.generate(batch, length, seeds=1000 * r, **generate_kw)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, model.generate(batch, length, seeds=1000 * r, **generate_kw).seconds)
     return batch * length / best

@@ -179,6 +179,8 @@ class TextModel:
         dev = self.device
         prompt_t = torch.tensor([ids] * num, dtype=torch.long, device=dev).view(num, len(ids))
         opts = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seeds": seeds, "callback": callback}
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # time the generation, not the work queued before it
         t0 = time.perf_counter()
         with torch.no_grad():
             if self.kind == "ar":
@@ -199,6 +201,8 @@ class TextModel:
                 canvas = torch.cat([prompt_t, torch.full((num, length), self.process.mask_id, device=dev)], 1)
                 tokens, nfe = masked_decode(self.logits, canvas, self.process.mask_id, steps=steps, decoder=decoder,
                                             block_length=block_length, threshold=threshold, **opts)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0
         completions = [self.tokenizer.decode(row[len(ids):].tolist()) for row in tokens]
         return Generation([prompt + c for c in completions], completions, tokens, nfe, seconds)

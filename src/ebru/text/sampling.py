@@ -80,6 +80,6 @@ def draw(logits: Tensor, generator: torch.Generator, temperature: float = 1.0, t
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        tokens = (logits / temperature + gumbel_noise(logits.shape, generator)).argmax(-1)
+        tokens = (logits / temperature + gumbel_noise(logits.shape, generator).to(logits.device)).argmax(-1)
     conf = logits.softmax(-1).gather(-1, tokens[:, None])[:, 0]
     return tokens, conf

@@ -108,16 +108,16 @@ def uniform_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, fixed:
             if decoder == "ancestral":
                 t, s = 1 - k / steps, 1 - (k + 1) / steps
                 lg = filter_logits(logits[i, pos].double() / (temperature or 1.0), top_k, top_p)
-                post = proc.posterior_logits(lg, x[i, pos].cpu(), t, s)
-                noise = 0 if temperature == 0 else gumbel_noise(post.shape, gens[i])
+                post = proc.posterior_logits(lg, x[i, pos], t, s)
+                noise = 0 if temperature == 0 else gumbel_noise(post.shape, gens[i]).to(post.device)
                 new = (post + noise).argmax(-1)
                 x[i, pos] = new.to(x)
             else:
                 tokens, conf = draw(logits[i, pos], gens[i], temperature, top_k, top_p)
                 keep_n = round(len(pos) * (k + 1) / steps)
-                keep = torch.zeros(len(pos), dtype=torch.bool)
+                keep = torch.zeros(len(pos), dtype=torch.bool, device=conf.device)
                 keep[conf.topk(keep_n).indices] = True
-                rand = torch.randint(vocab_size, (len(pos),), generator=gens[i])
+                rand = torch.randint(vocab_size, (len(pos),), generator=gens[i]).to(tokens.device)
                 x[i, pos] = torch.where(keep, tokens, rand).to(x)
         if callback is not None:
             callback({"step": k + 1, "tokens": x.clone()})
