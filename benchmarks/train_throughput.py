@@ -3,14 +3,17 @@
 Both networks get the same ADM layout (widths ``(c, 2c, 2c)``, two residual blocks per
 level, scale-shift noise conditioning, self-attention at the lowest resolution and in
 the middle block, conv resampling, the same dropout), so their parameter counts and
-FLOPs agree; they also share the EDM preconditioning and loss, the batch and AdamW.
-One full training step = forward, EDM loss, backward, optimizer step. All variants are
+FLOPs agree; they also share the EDM preconditioning and loss and the batch.
+One full training step = forward, EDM loss, backward, AdamW step. All variants are
 timed alternately in one run (rounds of N steps, order flipped every round) and the
 median images/s of each is reported with the ratio to diffusers.
 
-"ebru" and "diffusers" are each library as shipped (ebru's U-Net switches itself to
-channels_last on a CPU; diffusers stays NCHW unless converted). Unless ``--quick``,
-each is also timed in the other memory format, to separate the format from the rest.
+"ebru" and "diffusers" are each library as shipped: ebru's U-Net switches itself to
+channels_last on a CPU and ebru's Trainer uses AdamW's fused kernel; diffusers stays NCHW
+unless converted, and its training examples use the default AdamW. Unless ``--quick``,
+each network is also timed in the other memory format and with the other optimizer, to
+separate the network from the format and the optimizer (``ratio_same_plain_adamw``,
+``ratio_same_fused_adamw``).
 
     python benchmarks/train_throughput.py                      # CPU, 32x32 RGB, batch 32
     python benchmarks/train_throughput.py --setting gray28     # Fashion-MNIST shaped
@@ -94,14 +97,15 @@ def n_params(m: nn.Module) -> int:
 class Trainer:
     """One model, its optimizer and a fixed batch; ``step()`` is a full training step."""
 
-    def __init__(self, net: nn.Module, args: argparse.Namespace, x0: Tensor, channels_last: bool):
-        """``channels_last``: convert the weights and the batch to channels_last (what a user would do)."""
+    def __init__(self, net: nn.Module, args: argparse.Namespace, x0: Tensor, channels_last: bool, fused: bool):
+        """``channels_last``: convert the weights and the batch to channels_last (what a user would do);
+        ``fused``: AdamW's fused kernel (what ebru's Trainer uses) instead of its default per-tensor path."""
         dev = torch.device(args.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(dev).to(memory_format=fmt).train()
         self.eager = Precond(self.net)
         self.model = Precond(torch.compile(self.net)) if args.compile else self.eager
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4, fused=fused)
         self.x0 = x0.to(dev).contiguous(memory_format=fmt)
         self.noise = torch.randn_like(self.x0)
         self.sigma = LogNormalSigma()(x0.shape[0], torch.Generator().manual_seed(0)).float().to(dev)
@@ -204,15 +208,24 @@ def main() -> None:
     # timed too, so the ratio can be read as "implementation" and "memory format" parts.
     ebru_cl = dev.type == "cpu"
     alt = "ebru_nchw" if ebru_cl else "ebru_channels_last"
-    variants: dict[str, tuple[nn.Module, bool]] = {"ebru": (ebru_net, False), "diffusers": (diff_net, False)}
+    # The optimizer is each library's too: ebru's Trainer runs AdamW's fused kernel, diffusers' training
+    # examples and tutorial the default AdamW. Unless --quick, each network also runs with the other
+    # optimizer, so the ratio splits into "network" and "optimizer" parts.
+    variants: dict[str, tuple[nn.Module, bool, bool]] = {"ebru": (ebru_net, False, True),
+                                                         "diffusers": (diff_net, False, False)}
     if not args.quick:
-        alt_net = build_ebru(args.channels, size, in_ch, args.dropout, *arch)
-        alt_net.load_state_dict(ebru_net.state_dict())
+        def copy(build, net: nn.Module) -> nn.Module:
+            twin = build(args.channels, size, in_ch, args.dropout, *arch)
+            twin.load_state_dict(net.state_dict())
+            return twin
+
+        alt_net = copy(build_ebru, ebru_net)
         alt_net.channels_last = not ebru_cl
-        d_cl = build_diffusers(args.channels, size, in_ch, args.dropout, *arch)
-        d_cl.load_state_dict(diff_net.state_dict())
-        variants.update({alt: (alt_net, not ebru_cl), "diffusers_channels_last": (d_cl, True)})
-    trainers = {k: Trainer(net, args, x0, cl) for k, (net, cl) in variants.items()}
+        variants.update({alt: (alt_net, not ebru_cl, True),
+                         "diffusers_channels_last": (copy(build_diffusers, diff_net), True, False),
+                         "ebru_plain_adamw": (copy(build_ebru, ebru_net), False, False),
+                         "diffusers_fused_adamw": (copy(build_diffusers, diff_net), False, True)})
+    trainers = {k: Trainer(net, args, x0, cl, fused) for k, (net, cl, fused) in variants.items()}
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"{args.setting} batch {args.batch} on {args.device} ({where}), "
           f"bf16={args.bf16} compile={args.compile}, {args.rounds} rounds x {args.steps} steps, alternating",
@@ -240,6 +253,8 @@ def main() -> None:
     if "diffusers_channels_last" in med:
         summary["ratio_vs_diffusers_best_format"] = round(med["ebru"] / max(med["diffusers"],
                                                                             med["diffusers_channels_last"]), 3)
+        summary["ratio_same_plain_adamw"] = round(med["ebru_plain_adamw"] / med["diffusers"], 3)
+        summary["ratio_same_fused_adamw"] = round(med["ebru"] / med["diffusers_fused_adamw"], 3)
 
     flops = {k: trainers[k].step_flops() for k in ("ebru", "diffusers")}
     peak = peak_flops(dev, args.bf16)

@@ -224,3 +224,15 @@ def test_tensorboard_scalars_are_written(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]
+
+
+def test_cpu_training_flushes_subnormal_floats(tmp_path):
+    """Subnormals (which a trained attention produces) would take x86's slow path; the Trainer turns them off."""
+    supported = torch.set_flush_denormal(False)  # True where the CPU has the flag (x86 with SSE3)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal number, 1.18e-38
+    try:
+        assert float(tiny * 1.0) > 0
+        Trainer(tiny_config(), tmp_path, dataset=tiny_dataset(), progress=False)
+        assert float(tiny * 1.0) == (0.0 if supported else float(tiny))
+    finally:
+        torch.set_flush_denormal(False)
