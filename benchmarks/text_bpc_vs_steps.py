@@ -85,6 +85,8 @@ def main() -> None:
     if steps <= 0 or every <= 0 or steps % every:
         sys.exit("--steps and --every must be positive, and --steps a multiple of --every")
     out = Path(args.work) / ("quick" if args.quick else "full")
+    if args.score_only and not all(list((out / k / "checkpoints").glob("ckpt-*")) for k in RECIPES):
+        sys.exit(f"--score-only: no checkpoints of both models under {out}; train first (without --score-only)")
     if args.role:
         train(args.role, out, steps, every)
         return

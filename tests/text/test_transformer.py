@@ -79,3 +79,16 @@ def test_positions_past_context_and_bad_config():
 
     with pytest.raises(ValueError, match="did you mean 'depth'"):
         TransformerConfig.from_dict({"vocab_size": 4, "dpeth": 2})
+    with pytest.raises(ValueError, match="TransformerConfig has kind 'transformer', got kind='unet'"):
+        TransformerConfig.from_dict({"vocab_size": 4, "kind": "unet"})
+    cfg = TransformerConfig(vocab_size=4, depth=2)
+    assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_text_config_round_trip_and_unknown_key():
+    from ebru.text.config import TextConfig
+
+    cfg = TextConfig(process="block", block_size=8)
+    assert TextConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown text config key 'blok_size' \(did you mean 'block_size'\?\)"):
+        TextConfig.from_dict({"blok_size": 8})

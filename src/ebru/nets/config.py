@@ -54,10 +54,12 @@ def _dropout(value: Any) -> None:
         raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
 
 
-class NetConfig:
-    """Shared dict round trip for the network config dataclasses."""
+class DictConfig:
+    """Dict round trip for ebru's config dataclasses: JSON-ready out, unknown keys refused on the way in.
 
-    kind: str
+    ``KIND`` names the config in error messages ("unknown <KIND> config key ...").
+    """
+
     KIND: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +76,12 @@ class NetConfig:
         check_keys(d, cls, f"{cls.KIND} config")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
+
+
+class NetConfig(DictConfig):
+    """A network config: a :class:`DictConfig` whose ``kind`` field must equal its ``KIND``."""
+
+    kind: str
 
     def _check_kind(self) -> None:
         if self.kind != self.KIND:

@@ -18,20 +18,19 @@ autoregressive baseline), so both kinds have exactly the same layers and size.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import check_keys
+from .config import NetConfig
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(NetConfig):
     """Sizes of a :class:`Transformer`; ``from_dict`` rejects unknown keys (naming the nearest)."""
 
     vocab_size: int  # input ids (a masked-diffusion model counts its mask id here)
@@ -45,6 +44,7 @@ class TransformerConfig:
     causal: bool = False
     rope_base: float = 10_000.0
     kind: str = "transformer"
+    KIND: ClassVar[str] = "transformer"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context", "dim", "depth", "heads"):
@@ -59,16 +59,7 @@ class TransformerConfig:
             raise ValueError(f"dim ({self.dim}) must split into {self.heads} heads of an even width")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.kind != "transformer":
-            raise ValueError(f"a TransformerConfig has kind 'transformer', got {self.kind!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self:
-        check_keys(d, cls, "transformer")
-        return cls(**d)
+        self._check_kind()
 
 
 class KVCache:

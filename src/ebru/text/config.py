@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import ClassVar
 
-from ebru.nets.config import check_keys
+from ebru.nets.config import DictConfig
 
 PROCESSES = ("masked", "uniform", "block", "ar")
 TOKENIZERS = ("char", "bpe")
 
 
 @dataclass
-class TextConfig:
+class TextConfig(DictConfig):
     process: str = "masked"  # masked | uniform | block | ar
     tokenizer: str = "char"  # char | bpe
     bpe_vocab: int = 2048  # vocabulary size of a BPE tokenizer trained on the corpus
@@ -23,6 +22,7 @@ class TextConfig:
     sample_length: int = 200  # previews written under samples/ during training
     sample_steps: int = 50
     sample_decoder: str | None = None  # default: confidence (diffusion), ar (autoregressive)
+    KIND: ClassVar[str] = "text"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -38,11 +38,3 @@ class TextConfig:
                  f"text.{name} must be a positive integer, got {v!r}")
         need(0 < self.eps < 1, f"text.eps must be in (0, 1), got {self.eps!r}")
         need(self.bpe_vocab >= 256 or self.tokenizer != "bpe", "text.bpe_vocab must be >= 256 (the byte alphabet)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self:
-        check_keys(d, cls, "text config")
-        return cls(**d)
