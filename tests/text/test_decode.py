@@ -9,8 +9,9 @@ import torch
 from ebru.text import TextInputError
 from ebru.text.ar import ar_decode
 from ebru.text.block import BlockDiffusion, block_decode
-from ebru.text.decode import masked_decode, reveal_counts
+from ebru.text.decode import masked_decode, most_confident, reveal_counts
 from ebru.text.sampling import draw, filter_logits, gumbel_noise
+from ebru.text.uniform import uniform_decode
 
 from .helpers import tiny_model, tiny_net
 
@@ -85,6 +86,50 @@ def test_a_sample_does_not_depend_on_its_batch():
     one = m.generate(1, 12, "abc", seeds=5).texts[0]
     three = m.generate(3, 12, "abc", seeds=3).texts
     assert one == three[2]
+
+
+@pytest.mark.parametrize("decoder", ["ancestral", "confidence", "threshold"])
+@pytest.mark.parametrize("block_length", [None, 6])
+def test_rows_with_different_masks_decode_as_they_would_alone(decoder, block_length):
+    # the decoders choose for the whole batch at once; a row that runs out of masks early must not
+    # draw from its generator meanwhile, or the rows after a finished window would change
+    net = tiny_net("masked")
+    # (with block_length the windows and their steps are the batch's: here every row has masks in every window)
+    rows = canvas(3)
+    rows[0, 12:16] = torch.tensor([1, 2, 3, 4])  # fewer masks than the others
+    rows[2, 3:5] = 7
+    opts = dict(steps=5, decoder=decoder, block_length=block_length, threshold=0.3)
+    batch, _ = masked_decode(net, rows, M, seeds=[4, 5, 6], **opts)
+    for i in range(3):
+        alone, _ = masked_decode(net, rows[i:i + 1], M, seeds=[4 + i], **opts)
+        assert torch.equal(alone[0], batch[i]), f"row {i}"
+
+
+def test_block_and_uniform_samples_do_not_depend_on_their_batch():
+    net = tiny_net("block", context=32)
+    prompt = torch.tensor([[1, 2, 3, 4, 5]] * 3)
+    batch, _ = block_decode(net, prompt, 12, 4, M, steps_per_block=2, seeds=[8, 9, 10])
+    alone, _ = block_decode(net, prompt[:1], 12, 4, M, steps_per_block=2, seeds=[9])
+    assert torch.equal(alone[0], batch[1])
+    unet = tiny_net("uniform")
+    c = torch.randint(M, (3, 16))
+    fixed = torch.zeros(3, 16, dtype=torch.bool)
+    fixed[:, :3] = True
+    fixed[1, 8:] = True  # a row with fewer free positions
+    for decoder in ("ancestral", "confidence"):
+        batch, _ = uniform_decode(unet, c, fixed, M, steps=4, decoder=decoder, seeds=[1, 2, 3])
+        for i in range(3):
+            alone, _ = uniform_decode(unet, c[i:i + 1], fixed[i:i + 1], M, steps=4, decoder=decoder, seeds=[1 + i])
+            assert torch.equal(alone[0], batch[i]) and torch.equal(batch[i][fixed[i]], c[i][fixed[i]])
+
+
+def test_most_confident_picks_per_row_and_only_allowed_positions():
+    conf = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.8, 0.2, 0.6, 0.4]])
+    allowed = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    got = most_confident(conf, allowed, torch.tensor([2, 1]))
+    assert got.tolist() == [[False, False, True, True], [True, False, False, False]]
+    assert not most_confident(conf, allowed, torch.tensor([0, 0])).any()
+    assert most_confident(conf, allowed, torch.tensor([9, 9])).equal(allowed)
 
 
 def test_ar_cache_gives_the_same_samples():

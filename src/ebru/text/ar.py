@@ -55,7 +55,7 @@ def ar_decode(net: Transformer, prompt: Tensor, length: int, bos_id: int, *, tem
     if P + length > net.cfg.context:
         raise TextInputError(f"prompt ({P}) + length ({length}) = {P + length} tokens is more than the context of "
                              f"{net.cfg.context}")
-    gens = generators(seeds, B)
+    gens = generators(seeds, B, prompt.device)
     x = torch.cat([torch.full((B, 1), bos_id, dtype=prompt.dtype, device=prompt.device), prompt], 1)
     cache = net.new_cache(B, capacity=P + length) if use_cache else None
     logits = net(x, cache=cache)[:, -1]

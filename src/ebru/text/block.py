@@ -24,10 +24,10 @@ from torch import Tensor
 
 from ebru.nets.transformer import Transformer
 
-from .decode import Callback, WindowStep, check_steps
+from .decode import Callback, WindowPlan, check_steps, reveal
 from .errors import TextInputError
 from .masked import MaskedDiffusion, low_discrepancy
-from .sampling import check_sampling, draw, generators
+from .sampling import check_sampling, generators
 
 
 def block_causal_mask(length: int, block: int, device: torch.device | str = "cpu") -> Tensor:
@@ -89,7 +89,7 @@ def block_decode(net: Transformer, prompt: Tensor, length: int, block_size: int,
     if net.cfg.context < T:
         raise TextInputError(f"prompt ({P}) + length ({length}) = {T} tokens is more than the context of "
                              f"{net.cfg.context}")
-    gens = generators(seeds, B)
+    gens = generators(seeds, B, prompt.device)
     dev = prompt.device
     x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=dev)], 1)
     cache = net.new_cache(B, capacity=T)
@@ -102,8 +102,7 @@ def block_decode(net: Transformer, prompt: Tensor, length: int, block_size: int,
     step_total = 0
     while done < T:
         lo, hi = done, min(done + block_size, T)
-        plans = [WindowStep(decoder, steps_per_block, int((x[i, lo:hi] == mask_id).sum()), threshold)
-                 for i in range(B)]
+        plan = WindowPlan(decoder, steps_per_block, x[:, lo:hi] == mask_id, threshold)
         for k in range(steps_per_block):
             if not (x[:, lo:hi] == mask_id).any():
                 break
@@ -118,14 +117,7 @@ def block_decode(net: Transformer, prompt: Tensor, length: int, block_size: int,
                 logits = net(x[:, lo:hi], cache=cache, commit=False)
             nfe += 1
             revealed = torch.zeros_like(x, dtype=torch.bool)
-            for i in range(B):
-                pos = (x[i, lo:hi] == mask_id).nonzero()[:, 0]
-                if len(pos) == 0:
-                    continue
-                tokens, conf = draw(logits[i, pos], gens[i], temperature, top_k, top_p)
-                keep = plans[i].choose(k, conf, gens[i])
-                x[i, lo + pos[keep]] = tokens[keep].to(x.dtype)
-                revealed[i, lo + pos[keep]] = True
+            revealed[:, lo:hi] = reveal(x[:, lo:hi], logits, mask_id, plan, k, gens, temperature, top_k, top_p)
             step_total += 1
             if callback is not None:
                 callback({"step": step_total, "tokens": x.clone(), "revealed": revealed, "block": (lo, hi)})

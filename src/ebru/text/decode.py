@@ -15,12 +15,16 @@ masks. Given tokens are never changed (SUBS carry-over). Decoders:
 
 ``block_length`` decodes semi-autoregressively: the canvas is cut into blocks of that many
 positions, decoded left to right, each with its share of the steps (LLaDA); masks in later
-blocks stay masked meanwhile. Block *diffusion* models with a KV cache are in ``ebru.text.block``.
+blocks stay masked meanwhile. The blocks that hold masks, and so each block's steps, are
+the batch's: rows whose masks lie in different blocks share one schedule.
+
+Each step is taken for the whole batch at once (one draw, one choice, no loop over rows), and
+row i draws only from its own generator and only while it has masks in the current window,
+so a sample does not depend on the rows beside it. Block *diffusion* models with a KV cache are in ``ebru.text.block``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import TextInputError
-from .sampling import check_sampling, draw, generators
+from .sampling import check_sampling, draw_groups, generators, uniform_groups
 
 DECODERS = ("ancestral", "confidence", "threshold")
 Callback = Callable[[dict[str, Any]], None]
@@ -46,30 +50,64 @@ def reveal_counts(masked: int, steps: int) -> list[int]:
     return [base + (i < extra) for i in range(steps)]
 
 
-class WindowStep:
-    """One window (a block, or the whole canvas) of one sequence being decoded over ``steps`` steps."""
+def most_confident(conf: Tensor, allowed: Tensor, want: Tensor) -> Tensor:
+    """(B, W) bool: in each row i the ``want[i]`` allowed positions of highest ``conf`` (at most all allowed)."""
+    order = conf.masked_fill(~allowed, -torch.inf).argsort(dim=1, descending=True, stable=True)
+    places = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, places)  # rank[i, j]: the place of position j in row i
+    return allowed & (rank < want[:, None])
 
-    def __init__(self, decoder: str, steps: int, masked: int, threshold: float):
+
+class WindowPlan:
+    """How one window (a block, or the whole canvas) of B sequences is revealed over ``steps`` steps.
+
+    Every choice is made for the whole batch at once (no loop over sequences), so a step costs
+    a handful of kernels on a GPU whatever the batch size.
+    """
+
+    def __init__(self, decoder: str, steps: int, masked: Tensor, threshold: float):
+        """``masked``: (B, W) bool, the window's masks when its decoding starts."""
         if decoder not in DECODERS:
             raise TextInputError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
         self.decoder, self.steps, self.threshold = decoder, steps, threshold
-        self.counts = reveal_counts(masked, steps)
+        n = masked.sum(1, keepdim=True)
+        self.counts = n // steps + (torch.arange(steps, device=n.device) < n % steps)  # (B, steps): reveal_counts
 
-    def choose(self, k: int, conf: Tensor, generator: torch.Generator) -> Tensor:
-        """Which of the n still-masked positions (their confidences ``conf``) to reveal at step ``k``: bool (n,)."""
-        n = conf.numel()
+    def choose(self, k: int, masked: Tensor, conf: Tensor, draws: list[int], gens: list[torch.Generator]) -> Tensor:
+        """(B, W) bool: which masked positions to reveal at step ``k``.
+
+        ``conf``: (B, W) confidences of the drawn tokens (ignored where not masked); ``draws``:
+        how many masks each sequence has (the ancestral decoder draws that many uniforms).
+        """
         if k == self.steps - 1:
-            return torch.ones(n, dtype=torch.bool, device=conf.device)
+            return masked
         if self.decoder == "ancestral":
             t, s = 1 - k / self.steps, 1 - (k + 1) / self.steps
-            return (torch.rand(n, generator=generator, dtype=torch.float64) < (t - s) / t).to(conf.device)
+            u = torch.ones(masked.shape, dtype=torch.float64, device=masked.device)
+            u[masked] = uniform_groups(draws, gens, device=masked.device)[:, 0]
+            return u < (t - s) / t
+        n = masked.sum(1)
         if self.decoder == "confidence":
-            want = min(self.counts[k], n)
+            want = torch.minimum(self.counts[:, k], n)
         else:  # threshold: every confident one, and at least enough to finish in the steps left
-            want = max(int((conf >= self.threshold).sum()), math.ceil(n / (self.steps - k)), 1)
-        chosen = torch.zeros(n, dtype=torch.bool, device=conf.device)
-        chosen[conf.topk(min(want, n)).indices] = True
-        return chosen
+            left = self.steps - k
+            sure = ((conf >= self.threshold) & masked).sum(1)
+            want = torch.maximum(sure, (n + left - 1) // left).clamp_min(1).minimum(n)
+        return most_confident(conf, masked, want)
+
+
+def reveal(window: Tensor, logits: Tensor, mask_id: int, plan: WindowPlan, k: int, gens: list[torch.Generator],
+           temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    """Step ``k`` of ``plan``: draw tokens for the masks of ``window`` (B, W) from ``logits`` (B, W, V) and write
+    the chosen ones into ``window`` in place; returns the revealed positions (B, W)."""
+    masked = window == mask_id
+    draws = masked.sum(1).tolist()
+    tokens, conf = draw_groups(logits[masked], draws, gens, temperature, top_k, top_p)
+    full = torch.zeros(masked.shape, dtype=conf.dtype, device=conf.device)
+    full[masked] = conf
+    keep = plan.choose(k, masked, full, draws, gens)
+    window[keep] = tokens[keep[masked]].to(window.dtype)
+    return keep
 
 
 def check_steps(steps: int) -> None:
@@ -91,13 +129,13 @@ def masked_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, mask_id
         raise TextInputError(f"block_length must be a positive integer, got {block_length}")
     x = canvas.clone()
     B, T = x.shape
-    gens = generators(seeds, B)
+    gens = generators(seeds, B, x.device)
     b = block_length or T
     windows = [(s, min(s + b, T)) for s in range(0, T, b) if (x[:, s:s + b] == mask_id).any()]
     nfe, logits, logits_for = 0, None, None
     step_total = 0
     for (lo, hi), w_steps in zip(windows, split_steps(steps, max(len(windows), 1))):
-        plans = [WindowStep(decoder, w_steps, int((x[i, lo:hi] == mask_id).sum()), threshold) for i in range(B)]
+        plan = WindowPlan(decoder, w_steps, x[:, lo:hi] == mask_id, threshold)
         for k in range(w_steps):
             if not (x[:, lo:hi] == mask_id).any():
                 break
@@ -105,14 +143,8 @@ def masked_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, mask_id
                 logits, logits_for = logits_fn(x), x.clone()
                 nfe += 1
             revealed = torch.zeros_like(x, dtype=torch.bool)
-            for i in range(B):
-                pos = (x[i, lo:hi] == mask_id).nonzero()[:, 0] + lo
-                if len(pos) == 0:
-                    continue
-                tokens, conf = draw(logits[i, pos], gens[i], temperature, top_k, top_p)
-                keep = plans[i].choose(k, conf, gens[i])
-                x[i, pos[keep]] = tokens[keep].to(x.dtype)
-                revealed[i, pos[keep]] = True
+            revealed[:, lo:hi] = reveal(x[:, lo:hi], logits[:, lo:hi], mask_id, plan, k, gens,
+                                        temperature, top_k, top_p)
             step_total += 1
             if callback is not None:
                 callback({"step": step_total, "tokens": x.clone(), "revealed": revealed, "block": (lo, hi)})

@@ -28,10 +28,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .decode import Callback, check_steps
+from .decode import Callback, check_steps, most_confident
 from .errors import TextInputError
 from .masked import low_discrepancy
-from .sampling import check_sampling, draw, filter_logits, generators, gumbel_noise
+from .sampling import check_sampling, draw_groups, filter_logits, generators, gumbel, uniform_groups
 
 UNIFORM_DECODERS = ("confidence", "ancestral")
 
@@ -70,7 +70,7 @@ class UniformDiffusion:
         return (beta[..., 0] / N * inner).sum(1).float()
 
     def posterior_logits(self, logits: Tensor, zt: Tensor, t: float, s: float) -> Tensor:
-        """log q(z_s | z_t, x = x_theta) up to a constant, (n, N) for one sequence's positions."""
+        """log q(z_s | z_t, x = x_theta) up to a constant, (n, N) for n positions."""
         N = self.vocab_size
         a_t, a_s = 1 - t, 1 - s
         a_ts = a_t / a_s
@@ -92,33 +92,32 @@ def uniform_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, fixed:
     if decoder not in UNIFORM_DECODERS:
         raise TextInputError(f"unknown decoder {decoder!r} for a uniform-noise model; valid: "
                              f"{', '.join(UNIFORM_DECODERS)}")
-    B, _ = canvas.shape
-    gens = generators(seeds, B)
+    gens = generators(seeds, canvas.shape[0], canvas.device)
     x = canvas.clone()
-    free = [(~fixed[i]).nonzero()[:, 0] for i in range(B)]
-    for i in range(B):
-        x[i, free[i]] = torch.randint(vocab_size, (len(free[i]),), generator=gens[i]).to(x)
+    free = ~fixed.to(torch.bool)
+    counts = free.sum(1).tolist()
+
+    def random_tokens() -> Tensor:  # for the free positions, row by row, each from its own generator
+        parts = [torch.randint(vocab_size, (n,), generator=g, device=g.device) for n, g in zip(counts, gens) if n]
+        return torch.cat(parts).to(x) if parts else x[free]
+
+    x[free] = random_tokens()
     proc = UniformDiffusion(vocab_size)
     for k in range(steps):
-        logits = logits_fn(x)
-        for i in range(B):
-            pos = free[i]
-            if len(pos) == 0:
-                continue
-            if decoder == "ancestral":
-                t, s = 1 - k / steps, 1 - (k + 1) / steps
-                lg = filter_logits(logits[i, pos].double() / (temperature or 1.0), top_k, top_p)
-                post = proc.posterior_logits(lg, x[i, pos], t, s)
-                noise = 0 if temperature == 0 else gumbel_noise(post.shape, gens[i]).to(post.device)
-                new = (post + noise).argmax(-1)
-                x[i, pos] = new.to(x)
-            else:
-                tokens, conf = draw(logits[i, pos], gens[i], temperature, top_k, top_p)
-                keep_n = round(len(pos) * (k + 1) / steps)
-                keep = torch.zeros(len(pos), dtype=torch.bool, device=conf.device)
-                keep[conf.topk(keep_n).indices] = True
-                rand = torch.randint(vocab_size, (len(pos),), generator=gens[i]).to(tokens.device)
-                x[i, pos] = torch.where(keep, tokens, rand).to(x)
+        logits = logits_fn(x)[free]  # (N, V): the free positions of every sequence, in order
+        if decoder == "ancestral":
+            t, s = 1 - k / steps, 1 - (k + 1) / steps
+            lg = filter_logits(logits.double() / (temperature or 1.0), top_k, top_p)
+            post = proc.posterior_logits(lg, x[free], t, s)
+            noise = 0 if temperature == 0 else gumbel(uniform_groups(counts, gens, vocab_size, post.device))
+            x[free] = (post + noise).argmax(-1).to(x)
+        else:
+            tokens, conf = draw_groups(logits, counts, gens, temperature, top_k, top_p)
+            scores = torch.zeros(free.shape, dtype=conf.dtype, device=conf.device)
+            scores[free] = conf
+            want = torch.tensor([round(n * (k + 1) / steps) for n in counts], device=conf.device)
+            keep = most_confident(scores, free, want)[free]
+            x[free] = torch.where(keep, tokens.to(x), random_tokens())
         if callback is not None:
             callback({"step": k + 1, "tokens": x.clone()})
     return x, steps
