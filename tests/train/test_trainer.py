@@ -236,3 +236,18 @@ def test_cpu_training_flushes_subnormal_floats(tmp_path):
         assert float(tiny * 1.0) == (0.0 if supported else float(tiny))
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    # compile = true compiles the training pass only: same losses as eager (to float rounding),
+    # and the checkpoints hold the plain module's keys (no "_orig_mod." prefix), so resume works
+    data = tiny_dataset()
+    eager = Trainer(tiny_config(steps=3), tmp_path / "e", dataset=data, progress=False)
+    compiled = Trainer(tiny_config(steps=3, compile=True), tmp_path / "c", dataset=data, progress=False)
+    for _ in range(2):
+        assert compiled.train_step() == pytest.approx(eager.train_step(), rel=1e-4)
+    compiled.save_checkpoint()
+    resumed = Trainer(tiny_config(steps=3, compile=True), tmp_path / "c", resume=True, dataset=data, progress=False)
+    assert resumed.step == 2 and set(resumed.net.state_dict()) == set(eager.net.state_dict())
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        tiny_config(compile="yes")

@@ -65,6 +65,7 @@ class TrainConfig:
     ema_halflife_images: float = 25_000.0  # EMA half-life counted in training images (text: sequences)
     ema_rampup: float | None = 0.05  # half-life <= this share of images seen so far (EDM)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 uses loss scaling)
+    compile: bool = False  # torch.compile the training pass (for GPUs; on the 2-core CPU it was 17 % slower)
     seed: int = 0
     # logging and outputs
     log_every: int = 50
@@ -109,6 +110,7 @@ class TrainConfig:
         need(self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 minutes")
         need(self.precision in ("fp32", "bf16", "fp16"),
              f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         need(self.lr_decay in ("none", "cosine"), f"lr_decay must be 'none' or 'cosine', got {self.lr_decay!r}")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
