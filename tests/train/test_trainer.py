@@ -251,3 +251,15 @@ def test_compiled_training_matches_eager(tmp_path):
     assert resumed.step == 2 and set(resumed.net.state_dict()) == set(eager.net.state_dict())
     with pytest.raises(ValueError, match="compile must be true or false"):
         tiny_config(compile="yes")
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    # the GPU recipes train under bf16 autocast; the same path runs on a CPU, so dtype slips show here
+    data = tiny_dataset()
+    fp32 = Trainer(tiny_config(), tmp_path / "a", dataset=data, progress=False)
+    bf16 = Trainer(tiny_config(precision="bf16"), tmp_path / "b", dataset=data, progress=False)
+    for _ in range(2):
+        want, got = fp32.train_step(), bf16.train_step()
+        assert got == pytest.approx(want, rel=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
+    assert all(v.dtype == torch.float32 for v in bf16.ema.state_dict().values() if v.is_floating_point())

@@ -65,7 +65,7 @@ class TrainConfig:
     ema_halflife_images: float = 25_000.0  # EMA half-life counted in training images (text: sequences)
     ema_rampup: float | None = 0.05  # half-life <= this share of images seen so far (EDM)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 uses loss scaling)
-    compile: bool = False  # torch.compile the training pass (for GPUs; on the 2-core CPU it was 17 % slower)
+    compile: bool = False  # torch.compile the training pass (for GPUs; on the 2-core CPU it was about 18 % slower)
     seed: int = 0
     # logging and outputs
     log_every: int = 50
