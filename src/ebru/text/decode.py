@@ -15,12 +15,12 @@ masks. Given tokens are never changed (SUBS carry-over). Decoders:
 
 ``block_length`` decodes semi-autoregressively: the canvas is cut into blocks of that many
 positions, decoded left to right, each with its share of the steps (LLaDA); masks in later
-blocks stay masked meanwhile. The blocks that hold masks, and so each block's steps, are
-the batch's: rows whose masks lie in different blocks share one schedule.
+blocks stay masked meanwhile. Block *diffusion* models with a KV cache are in ``ebru.text.block``.
 
-Each step is taken for the whole batch at once (one draw, one choice, no loop over rows), and
-row i draws only from its own generator and only while it has masks in the current window,
-so a sample does not depend on the rows beside it. Block *diffusion* models with a KV cache are in ``ebru.text.block``.
+Each step is taken for the whole batch at once (one draw, one choice, no loop over rows). Row i
+draws only from its own generator, and only while it has masks in the current window, so a
+sample does not depend on the rows beside it; the one exception is ``block_length`` with rows
+whose masks lie in different blocks, which share the batch's blocks and their steps.
 """
 
 from __future__ import annotations
