@@ -318,9 +318,9 @@ def main() -> None:
         if args.gpu_done_file:
             Path(args.gpu_done_file).touch()
 
+    from ebru.data.grid import save_grid
     from ebru.eval import evaluate_images
     from ebru.pipelines.image import save_images
-    from ebru.train.grid import save_grid
 
     if args.samples_dir:
         save_images(samples["ebru"], args.samples_dir)

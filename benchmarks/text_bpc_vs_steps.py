@@ -59,7 +59,7 @@ def score(kind: str, out: Path, steps: int, every: int, windows: int, samples: i
         from ebru.train import Trainer
 
         trainer = Trainer(config(kind, steps, every), out / kind, resume=True, dataset=corpus, progress=False)
-        model = trainer.task.ema_model(trainer)
+        model = trainer.task.model(trainer.state().ema)
     rows = []
     for path, step in list_checkpoints(out / kind / "checkpoints"):
         model.net.load_state_dict(load_checkpoint(path)["ema"])

@@ -81,7 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from ebru.pipelines.image import ImagePipeline, save_images
-    from ebru.train.grid import save_grid
+    from ebru.data.grid import save_grid
 
     if args.n < 1:
         raise ValueError(f"-n must be >= 1, got {args.n}")
@@ -120,11 +120,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from ebru.eval import evaluate_model, format_report, parse_metrics
-
-    metrics = parse_metrics(args.metrics)
+    from ebru.eval import format_report, parse_metrics
+    from ebru.pipelines.evaluate import evaluate_model
     from ebru.pipelines.image import ImagePipeline
 
+    metrics = parse_metrics(args.metrics)
     pipe = ImagePipeline.from_pretrained(_load_model(args))
     pipe.name = args.model_dir
     report = evaluate_model(pipe, metrics=metrics, n=args.n, sampler=args.sampler, steps=args.steps,

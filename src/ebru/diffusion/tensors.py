@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from ebru.checks import check_finite_number
+
+__all__ = ["Generator", "check_finite_number", "randn_like", "seed_generators", "sigma_batch", "sigma_view"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -69,16 +72,3 @@ def seed_generators(seeds: Sequence[int], device: str | torch.device = "cpu") ->
             raise ValueError(f"seeds must be integers, got {s!r}")
         gens.append(torch.Generator(device=device).manual_seed(s))
     return gens
-
-
-def check_finite_number(name: str, value: float, *, positive: bool = False) -> float:
-    """Return ``float(value)`` or raise ValueError naming ``name`` if NaN/inf (or <= 0)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be > 0, got {v}")
-    return v

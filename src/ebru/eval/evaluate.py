@@ -1,4 +1,6 @@
-"""Evaluate a model or a set of images: the figures ``ebru eval`` prints and the benchmarks record.
+"""Evaluate a set of images, or a denoiser on real data: the figures ``ebru eval`` prints.
+
+(Sampling a model package and scoring it is ``ebru.pipelines.evaluate.evaluate_model``.)
 
 Every figure carries what it was computed from: the sample count, the seeds, the
 feature network's SHA-256 and the reference data's content hash. FID is biased
@@ -15,10 +17,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from ebru.data import load_dataset
+
+from .feature_net import class_agreement, load_feature_net
 from .features import extract_features, network_fingerprint
 from .frechet import FeatureStats, frechet_distance
 from .kid import kid
+from .likelihood import bits_per_dim, dequantize, ode_log_likelihood, variational_bound
 from .precision_recall import precision_recall
 from .reference import ReferenceSet, reference_set
 
@@ -36,15 +43,16 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _feature_net(feature_net: nn.Module | None) -> nn.Module:
-    if feature_net is not None:
-        return feature_net
-    from .feature_net import load_feature_net
-
-    return load_feature_net()
+def resolve_feature_net(feature_net: nn.Module | None) -> nn.Module:
+    """``feature_net``, or ebru's Fashion-MNIST feature network (SHA-256 checked) when it is None."""
+    return feature_net if feature_net is not None else load_feature_net()
 
 
-def _reference(reference: str | ReferenceSet, net: nn.Module, progress: bool) -> ReferenceSet:
+def resolve_reference(reference: str | ReferenceSet, net: nn.Module, progress: bool) -> ReferenceSet:
+    """A ReferenceSet from a data set spec (cached features), a saved ``.safetensors`` file, or as given.
+
+    Raises ValueError if the reference was computed with another feature network.
+    """
     if isinstance(reference, ReferenceSet):
         ref = reference
     elif str(reference).endswith(".safetensors"):
@@ -60,7 +68,7 @@ def check_image_shape(net: nn.Module, image_shape: Sequence[int]) -> None:
     if want is not None and tuple(want) != tuple(image_shape):
         raise ValueError(f"the feature network takes {'x'.join(map(str, want))} images but the model makes "
                          f"{'x'.join(map(str, image_shape))}; bring a feature network for this size "
-                         "(ebru.eval.evaluate_model(..., feature_net=...))")
+                         "(evaluate_model(..., feature_net=...))")
 
 
 def real_floor(ref: ReferenceSet, net: nn.Module, n: int, seed: int = 0) -> tuple[float, str] | None:
@@ -68,8 +76,6 @@ def real_floor(ref: ReferenceSet, net: nn.Module, n: int, seed: int = 0) -> tupl
     split = _FLOOR_SPLITS.get(ref.dataset)
     if split is None:
         return None
-    from ebru.data import load_dataset
-
     try:
         data = load_dataset(split)
     except (OSError, ValueError):
@@ -81,17 +87,20 @@ def real_floor(ref: ReferenceSet, net: nn.Module, n: int, seed: int = 0) -> tupl
     return frechet_distance(FeatureStats.from_features(feats), ref.stats()), split
 
 
-def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Sequence[str] = DEFAULT_METRICS,
+def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Sequence[str] | None = None,
                     feature_net: nn.Module | None = None, reference: str | ReferenceSet = "fashion-mnist:test",
                     floor: bool = True, progress: bool = False) -> dict[str, Any]:
     """Sample-quality figures of ``images`` (N, C, H, W) in [-1, 1] (or uint8).
 
     ``labels``: the class each image was asked for (needed for ``agreement``).
+    ``metrics``: default FID, KID, precision and recall, plus ``agreement`` when ``labels`` are given.
     ``reference``: a data set spec (features cached per data and network), a
     ``.safetensors`` file written by :meth:`ReferenceSet.save`, or a :class:`ReferenceSet`.
     """
+    if metrics is None:
+        metrics = [m for m in DEFAULT_METRICS if m != "agreement" or labels is not None]
     metrics = parse_metrics(metrics)
-    net = _feature_net(feature_net)
+    net = resolve_feature_net(feature_net)
     check_image_shape(net, images.shape[1:])
     sample_metrics = [m for m in metrics if m not in DATA_METRICS]
     n = len(images)
@@ -100,7 +109,8 @@ def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Se
         raise ValueError(f"FID needs more samples than feature dimensions: -n {n} <= {dim}; "
                          f"use -n {dim + 1} or more (2,000+ for figures worth comparing)")
     if "agreement" in sample_metrics and labels is None:
-        raise ValueError("agreement needs the class each image was asked for: this model is not class-conditional")
+        raise ValueError("agreement needs the class each image was asked for: pass labels=, or leave agreement out "
+                         "of metrics")
     out: dict[str, Any] = {"n_samples": n, "feature_net": {"sha256": network_fingerprint(net),
                                                           "name": type(net).__name__}}
     figures: dict[str, Any] = {}
@@ -109,7 +119,7 @@ def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Se
     feats = extract_features(net, images, progress=progress, desc="features of samples")
     needs_ref = {"fid", "kid", "precision", "recall"} & set(sample_metrics)
     if needs_ref:
-        ref = _reference(reference, net, progress)
+        ref = resolve_reference(reference, net, progress)
         out["reference"] = {"dataset": ref.dataset, "n": ref.n, "data_hash": ref.data_hash}
         if "fid" in sample_metrics:
             figures["fid"] = frechet_distance(FeatureStats.from_features(feats), ref.stats())
@@ -130,8 +140,6 @@ def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Se
                 figures["recall"] = r
             out["precision_recall"] = {"k": 3, "n_each": min(n, ref.n), "seed": 0}
     if "agreement" in sample_metrics:
-        from .feature_net import class_agreement
-
         if not hasattr(net, "head"):
             raise ValueError("agreement needs a classifier feature network (ebru's Fashion-MNIST network)")
         figures["agreement"] = class_agreement(net, images.float() if images.dtype != torch.uint8
@@ -143,10 +151,6 @@ def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Se
 def nll_on_data(denoiser: nn.Module, images: Tensor, *, sigma_min: float, sigma_max: float, seed: int = 0,
                 batch: int = 32, progress: bool = False, **cond) -> dict[str, Any]:
     """Bits/dim of real ``images`` (uint8 or on the 8-bit grid in [-1, 1]) via the PF-ODE (Hutchinson)."""
-    from tqdm.auto import tqdm
-
-    from .likelihood import bits_per_dim, dequantize, ode_log_likelihood
-
     x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
     g = torch.Generator().manual_seed(seed)
     dims = x[0].numel()
@@ -164,10 +168,6 @@ def nll_on_data(denoiser: nn.Module, images: Tensor, *, sigma_min: float, sigma_
 def bound_on_data(denoiser: nn.Module, images: Tensor, *, sigma_min: float, sigma_max: float, levels: int = 1000,
                   seed: int = 0, batch: int = 64, progress: bool = False, **cond) -> dict[str, Any]:
     """Bits/dim of 8-bit ``images`` by the variational bound of a ``levels``-step chain (all terms summed)."""
-    from tqdm.auto import tqdm
-
-    from .likelihood import variational_bound
-
     x = images.double() / 127.5 - 1 if images.dtype == torch.uint8 else images.double()
     sigmas = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), levels, dtype=torch.float64))
     g = torch.Generator().manual_seed(seed)
@@ -179,79 +179,6 @@ def bound_on_data(denoiser: nn.Module, images: Tensor, *, sigma_min: float, sigm
     b = torch.cat(bpd)
     return {"bpd": float(b.mean()), "bpd_stderr": float(b.std() / math.sqrt(len(b))) if len(b) > 1 else 0.0,
             "levels": levels}
-
-
-def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: int = 2000,
-                   sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                   seed: int = 0, batch: int = 250, feature_net: nn.Module | None = None,
-                   reference: str | ReferenceSet = "fashion-mnist:test", nll_images: int = 64,
-                   nll_data: str = "fashion-mnist:test", progress: bool = False) -> dict[str, Any]:
-    """Sample ``n`` images from ``model`` (a model directory or an ImagePipeline) and score them.
-
-    Images use seeds ``seed .. seed + n - 1``; a class-conditional model is asked
-    for classes 0, 1, 2, ... in turn (balanced). ``nll`` is measured on the first
-    ``nll_images`` images of ``nll_data`` (conditioned on their labels for a
-    class-conditional model).
-    """
-    from ebru.pipelines.image import ImagePipeline
-
-    metrics = parse_metrics(metrics)
-    pipe = model if isinstance(model, ImagePipeline) else ImagePipeline.from_pretrained(model)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"-n must be an integer >= 1, got {n!r}")
-    if "agreement" in metrics and not pipe.num_classes:
-        raise ValueError("agreement needs a class-conditional model; this model has no classes "
-                         "(drop agreement from --metrics)")
-    sample_metrics = [m for m in metrics if m not in DATA_METRICS]
-    net = _feature_net(feature_net) if sample_metrics else None
-    if net is not None:
-        check_image_shape(net, pipe.image_shape)
-        dim = getattr(net, "feature_dim", None)
-        if "fid" in sample_metrics and dim is not None and n <= dim:
-            raise ValueError(f"FID needs more samples than feature dimensions: -n {n} <= {dim}; "
-                             f"use -n {dim + 1} or more (2,000+ for figures worth comparing)")
-        _reference(reference, net, progress)  # fail on a mismatched reference before sampling
-    s = pipe.config.get("sampling", {})
-    setting = {"sampler": sampler or s.get("sampler", "dpmpp_2m"), "steps": steps or s.get("steps", 20),
-               "guidance": (s.get("guidance", 1.0) if guidance is None else guidance) if pipe.num_classes else None,
-               "schedule": s.get("schedule", "karras"), "seeds": [seed, seed + n - 1]}
-    report: dict[str, Any] = {"model": str(getattr(model, "name", model)), "sampling": setting}
-    if sample_metrics:
-        labels = torch.arange(n) % pipe.num_classes if pipe.num_classes else None
-        chunks = []
-        from tqdm.auto import tqdm
-
-        for i in tqdm(range(0, n, batch), desc="sampling", disable=not progress):
-            k = min(batch, n - i)
-            chunks.append(pipe(k, class_labels=None if labels is None else labels[i:i + k].tolist(),
-                               num_inference_steps=setting["steps"], guidance_scale=setting["guidance"],
-                               sampler=setting["sampler"], seeds=list(range(seed + i, seed + i + k))))
-        images = torch.cat(chunks)
-        report.update(evaluate_images(images, labels=labels, metrics=sample_metrics, feature_net=net,
-                                      reference=reference, progress=progress))
-    else:
-        report["metrics"] = {}
-    if set(DATA_METRICS) & set(metrics):
-        from ebru.data import load_dataset
-
-        data = load_dataset(nll_data)
-        imgs = data.images_uint8[:nll_images].to(pipe.device)
-        cond = {}
-        if pipe.num_classes:
-            cond["class_labels"] = data.labels[:nll_images].to(pipe.device)
-        lo, hi = s.get("sigma_min", 0.002), s.get("sigma_max", 80.0)
-        report["nll"] = {"images": len(imgs), "data": nll_data}
-        if "nll" in metrics:
-            r = nll_on_data(pipe.denoiser, imgs, sigma_min=lo, sigma_max=hi, seed=seed, progress=progress, **cond)
-            report["metrics"].update({"nll_bpd": r["nll_bpd"], "nll_bpd_stderr": r["nll_bpd_stderr"]})
-            report["nll"]["pf_ode"] = ("Hutchinson trace (1 Rademacher probe), uniform dequantisation: an estimate "
-                                       "of an upper bound on the 8-bit NLL")
-        if "nll_bound" in metrics:
-            r = bound_on_data(pipe.denoiser, imgs, sigma_min=lo, sigma_max=hi, seed=seed, progress=progress, **cond)
-            report["metrics"].update({"nll_bound_bpd": r["bpd"], "nll_bound_bpd_stderr": r["bpd_stderr"]})
-            report["nll"]["bound"] = (f"variational bound of the {r['levels']}-level chain geometric in sigma from "
-                                      f"{lo:g} to {hi:g}, all terms, discretised Gaussian decoder (8-bit data)")
-    return report
 
 
 def format_report(report: dict[str, Any]) -> str:

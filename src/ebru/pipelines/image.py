@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
+from ebru.data.grid import to_uint8
 from ebru.diffusion import Precond, sample
+from ebru.diffusion.defaults import SAMPLING
 from ebru.nets import build_net
-from ebru.train.export import MODEL_CONFIG
+from ebru.trust.manifest import CONFIG as MODEL_CONFIG
 
 if TYPE_CHECKING:
     from ebru.trust import LoadedModel
@@ -79,6 +82,16 @@ class ImagePipeline:
             raise ValueError(f"class {i} out of range 0..{self.num_classes - 1} ({', '.join(names)})")
         return i
 
+    def sampling(self, sampler: str | None = None, num_inference_steps: int | None = None,
+                 schedule: str | Callable | None = None) -> dict[str, Any]:
+        """The sampling settings a call uses: each argument given, else the model's, else ebru's defaults.
+
+        ``None`` means "not given"; any other value (``0`` included) is used as given and checked by ``sample``.
+        """
+        s = {**SAMPLING.to_dict(), **self.config.get("sampling", {})}
+        given = {"sampler": sampler, "steps": num_inference_steps, "schedule": schedule}
+        return {**s, **{k: v for k, v in given.items() if v is not None}}
+
     def __call__(self, n: int = 1, *, class_labels: Sequence[int | str] | int | str | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, schedule: str | Callable | None = None,
@@ -107,10 +120,10 @@ class ImagePipeline:
             guidance = s.get("guidance", 1.0) if guidance_scale is None else guidance_scale
         elif class_labels is not None:
             raise ValueError("this model is not class-conditional; drop --class")
+        setting = self.sampling(sampler, num_inference_steps, schedule)
         return sample(
-            self.denoiser, (n, *self.image_shape), sampler=sampler or s.get("sampler", "dpmpp_2m"),
-            steps=num_inference_steps or s.get("steps", 20), schedule=schedule or s.get("schedule", "karras"),
-            sigma_min=s.get("sigma_min", 0.002), sigma_max=s.get("sigma_max", 80.0), seeds=seeds,
+            self.denoiser, (n, *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
+            schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"], seeds=seeds,
             device=self.device, guidance_scale=guidance,
             uncond={"class_labels": torch.full((1,), -1, device=self.device)} if guidance is not None else None,
             progress=progress, callback=callback, **cond)
@@ -118,10 +131,6 @@ class ImagePipeline:
 
 def save_images(images: Tensor, out_dir: str | Path, prefix: str = "sample") -> list[Path]:
     """One PNG per image: ``out_dir/<prefix>-0000.png`` ..."""
-    from PIL import Image
-
-    from ebru.train.grid import to_uint8
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -16,7 +16,7 @@ import torch
 
 from ebru.train import Trainer, load_config
 from ebru.train.checkpoint import list_checkpoints
-from ebru.train.grid import save_grid
+from ebru.data.grid import save_grid
 
 from .image import ImagePipeline
 
@@ -75,7 +75,7 @@ def run_quickstart(out: str | Path = "ebru-quickstart", overrides: list[str] | N
         agreement = class_agreement(load_feature_net(), images, torch.tensor(labels))
     except (FileNotFoundError, ValueError):
         pass
-    forward = _draw_forward(pipe, trainer.images[0].cpu(), out / "forward.png")
+    forward = _draw_forward(pipe, trainer.task.images[0].cpu(), out / "forward.png")
     reverse = _draw_reverse(pipe, 0, out / "reverse.png")
     t = pipe.config["training"]
     return {"model": out / "model", "samples": grid, "forward": forward, "reverse": reverse,

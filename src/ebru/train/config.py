@@ -9,7 +9,8 @@ network (see ``ebru.nets``)::
     kind = "unet"
     channels = 32
 
-``task = "text"`` trains a text model instead (``data`` is a corpus name or folder, the
+``task`` names the kind of training, a task registered in ``ebru.tasks.TASKS``: ``"image"`` (the
+default, so configs written before tasks had names still work) or ``"text"``. ``task = "text"`` trains a text model (``data`` is a corpus name or folder, the
 ``[model]`` table sizes an ``ebru.nets.Transformer`` and a ``[text]`` table holds the
 process, tokenizer and context: see ``ebru.text.TextConfig``).
 
@@ -21,20 +22,22 @@ Unknown keys are an error that names the nearest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("image", "text")
+from ebru.checks import unknown_key_message
+from ebru.diffusion.defaults import SAMPLING
+from ebru.tasks import TASKS
+
 TABLES = ("model", "text")  # nested tables that --set reaches with "table.key=value"
 
 
 @dataclass
 class TrainConfig:
-    task: str = "image"  # image | text
+    task: str = "image"  # a name in ebru.tasks.TASKS: image | text
     # data
     data: str = "fashion-mnist"  # image: "fashion-mnist" or a folder of images; text: a corpus name or folder
     image_size: int | None = None  # folder datasets: resize + center crop
@@ -45,8 +48,8 @@ class TrainConfig:
     text: dict[str, Any] = field(default_factory=dict)  # text task: process, tokenizer, context (ebru.text.TextConfig)
     prediction: str = "edm"  # eps | x0 | v | edm
     sigma_data: float = 0.5
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = SAMPLING.sigma_min
+    sigma_max: float = SAMPLING.sigma_max
     p_mean: float = -1.2  # EDM log-normal training noise
     p_std: float = 1.2
     weighting: str = "edm"
@@ -73,9 +76,9 @@ class TrainConfig:
     sample_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    sample_sampler: str = "dpmpp_2m"
-    sample_steps: int = 20
-    sample_guidance: float = 2.0
+    sample_sampler: str = SAMPLING.sampler
+    sample_steps: int = SAMPLING.steps
+    sample_guidance: float = SAMPLING.guidance_scale
     license: str = "mit"  # licence written into the model card
     sign_key: str | None = None  # private key file (ebru keys generate): sign the exported model package
     device: str = "auto"  # auto | cpu | cuda
@@ -115,7 +118,7 @@ class TrainConfig:
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
         need(self.ema_halflife_images >= 0, "ema_halflife_images must be >= 0")
-        need(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        TASKS[self.task]  # an unknown task name raises, naming the nearest registered one
         need(isinstance(self.model, dict), "model must be a table of network settings")
         need(isinstance(self.text, dict), "text must be a table of text-model settings")
         need(self.sign_key is None or isinstance(self.sign_key, str),
@@ -127,12 +130,6 @@ class TrainConfig:
                 load_signing_key(self.sign_key)
             except TrustError as e:
                 raise ValueError(f"sign_key: {e}") from None
-
-
-def unknown_key_message(key: str, valid: set[str] | list[str], where: str) -> str:
-    near = difflib.get_close_matches(key, sorted(valid), n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(valid))}"
-    return f"unknown {where} key {key!r}{hint}"
 
 
 def parse_value(text: str) -> Any:
@@ -188,7 +185,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = resolve_config(path)
         try:
-            d = tomllib.loads(p.read_text())
+            d = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}: not valid TOML ({e})") from None
     return TrainConfig.from_dict(apply_overrides(d, overrides or []))

@@ -1,8 +1,8 @@
-"""Exponential moving average of weights, with the half-life counted in training images (EDM).
+"""Exponential moving average of weights, with the half-life counted in training items (EDM: images).
 
-After a step of ``batch`` images the EMA decays by ``0.5 ** (batch / halflife)``, so
+After a step of ``batch`` items (images, sequences) the EMA decays by ``0.5 ** (batch / halflife)``, so
 the averaging horizon does not change with the batch size. With ``rampup`` the
-half-life is capped at ``rampup * images_seen`` early in training, so the EMA is
+half-life is capped at ``rampup * items_seen`` early in training, so the EMA is
 not dominated by the random initialisation.
 """
 
@@ -18,15 +18,15 @@ class EMA:
         self.rampup = rampup
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
-    def decay(self, batch: int, images_seen: int) -> float:
+    def decay(self, batch: int, items_seen: int) -> float:
         h = self.halflife
         if self.rampup is not None:
-            h = min(h, images_seen * self.rampup)
+            h = min(h, items_seen * self.rampup)
         return 0.5 ** (batch / max(h, 1e-8)) if h > 0 else 0.0
 
     @torch.no_grad()
-    def update(self, model: nn.Module, batch: int, images_seen: int) -> None:
-        beta = self.decay(batch, images_seen)
+    def update(self, model: nn.Module, batch: int, items_seen: int) -> None:
+        beta = self.decay(batch, items_seen)
         for k, v in model.state_dict().items():
             s = self.shadow[k]
             if v.dtype.is_floating_point:

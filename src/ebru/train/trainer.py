@@ -1,17 +1,20 @@
 """One Trainer for every recipe, image or text: budgets, EMA, atomic checkpoints, DDP and exact resume.
 
-What is trained is a *task*: :class:`ImageTask` (EDM-style denoiser training on images) or
-``ebru.text.TextTask`` (masked, uniform-noise or block diffusion, or the autoregressive
-baseline, on a text corpus). A task builds the network, draws everything random about one
-global batch, computes the loss of a slice of it, draws previews and exports the model
-directory; the Trainer owns the loop, the optimiser, EMA, checkpoints, logs and devices.
+What is trained is a *task*, ``TASKS[cfg.task]`` from ``ebru.tasks`` (the ``Task`` protocol of
+``ebru.tasks.base``): it builds the network, draws everything random about one global batch,
+computes the loss of a slice of it, draws previews and exports the model package. The
+Trainer owns the loop, the optimiser, EMA, checkpoints, logs and devices, and knows no
+concrete task; it hands a task its state as a ``TrainState``.
 
 Each step draws a *global* batch from one seeded generator (indices, flips, noise
 levels, noise, condition dropout) and every device takes its slice, so results
 depend on the global batch only — not on the number of devices or the
 micro-batch (gradient accumulation). All of the trainer's randomness lives in
 that generator and in torch's global RNG (dropout), and both are checkpointed,
-so ``--resume`` continues bit for bit on the CPU.
+so ``--resume`` continues bit for bit on the CPU. An interrupt (Ctrl-C) during a step leaves
+that step undone: the random states go back to where the step began and the optimiser update,
+counters and EMA are applied together or not at all, so the checkpoint saved on the way out is
+the one an uninterrupted run would have written at that step.
 """
 
 from __future__ import annotations
@@ -19,140 +22,58 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import signal
+import threading
 import time
-import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ebru.data import ImageDataset, load_dataset
-from ebru.diffusion import LogNormalSigma, Precond, denoising_loss, sample
-from ebru.nets import build_net
+from ebru.tasks import TASKS, Task, TrainState
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed
 from .ema import EMA
-from .export import export_model
-from .grid import save_grid
 
 
-def _net_config(cfg: TrainConfig, data: ImageDataset) -> dict[str, Any]:
-    c, h, w = data.image_shape
-    if h != w:
-        raise ValueError(f"images must be square, got {h}x{w}")
-    net = {"kind": "unet", **cfg.model}
-    for key, value in (("image_size", h), ("in_channels", c), ("out_channels", c)):
-        if key in cfg.model and cfg.model[key] != value:
-            raise ValueError(f"model.{key} = {cfg.model[key]} but the data has {key.replace('_', ' ')} {value}")
-        net[key] = value
-    net["num_classes"] = data.num_classes if (cfg.class_conditional and data.num_classes) else None
-    return net
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
 
-
-class ImageTask:
-    """EDM-style denoiser training on an image dataset (the task of every image recipe)."""
-
-    unit = "images"
-
-    def __init__(self, cfg: TrainConfig, device: torch.device, dataset: ImageDataset | None = None,
-                 is_main: bool = True):
-        self.cfg = cfg
-        self.device = device
-        if dataset is None:
-            with warnings.catch_warnings():  # the skipped-file report is printed once below, as one line
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = load_dataset(cfg.data, image_size=cfg.image_size)
-            if getattr(dataset, "skipped", None) and is_main:
-                print(f"data: {dataset.report}", flush=True)
-        self.data = dataset
-        images, labels = self.data.tensors()
-        self.images = images.to(device)
-        self.labels = labels.to(device)
-        self.net_config = _net_config(cfg, self.data)
-        self.conditional = self.net_config["num_classes"] is not None
-        self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
-
-    def build(self) -> tuple[nn.Module, nn.Module]:
-        """(the network whose weights are trained and saved, the module the loss calls)."""
-        net = build_net(self.net_config).to(self.device)
-        return net, Precond(net, self.cfg.prediction, self.cfg.sigma_data).to(self.device)
-
-    def draw(self, batch_size: int, g: torch.Generator) -> dict[str, Tensor]:
-        """Everything random about one step, drawn for the whole global batch from ``g``."""
-        B = batch_size
-        batch = {
-            "idx": torch.randint(len(self.images), (B,), generator=g),
-            "sigma": self.sigma_dist(B, generator=g).to(torch.float32),
-            "noise": torch.randn((B, *self.images.shape[1:]), generator=g),
-            "drop": torch.rand(B, generator=g) < self.cfg.cond_dropout,
-        }
-        if self.cfg.hflip:
-            batch["flip"] = torch.rand(B, generator=g) < 0.5
-        return batch
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
-        idx = batch["idx"][part].to(self.device)
-        x0 = self.images[idx]
-        if "flip" in batch:
-            x0 = torch.where(batch["flip"][part].to(self.device)[:, None, None, None], x0.flip(-1), x0)
-        cond = {}
-        if self.conditional:
-            labels = self.labels[idx].clone()
-            labels[batch["drop"][part].to(self.device)] = -1
-            cond["class_labels"] = labels
-        return denoising_loss(model, x0, batch["sigma"][part].to(self.device), batch["noise"][part].to(self.device),
-                              self.cfg.weighting, {"sigma_data": self.cfg.sigma_data}, **cond)
-
-    def ema_denoiser(self, trainer: Trainer) -> Precond:
-        net = copy.deepcopy(trainer.net).eval()
-        trainer.ema.copy_to(net)
-        return Precond(net, self.cfg.prediction, self.cfg.sigma_data)
-
-    def preview(self, trainer: Trainer, stem: Path, per_class: int = 8) -> Path:
-        """A sample grid ``<stem>.png`` from the EMA weights."""
-        d = self.ema_denoiser(trainer)
-        cfg = self.cfg
-        path = stem.with_suffix(".png")
-        shape = self.images.shape[1:]
-        if self.conditional:
-            k = self.net_config["num_classes"]
-            labels = torch.arange(k, device=self.device).repeat_interleave(per_class)
-            x = sample(d, (len(labels), *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps,
-                       sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, seeds=range(len(labels)),
-                       device=self.device, guidance_scale=cfg.sample_guidance,
-                       uncond={"class_labels": torch.full((1,), -1, device=self.device)}, class_labels=labels)
-            names = self.data.class_names or [str(i) for i in range(k)]
-            return save_grid(x, path, nrow=per_class, row_labels=names, title=f"step {trainer.step}")
-        x = sample(d, (64, *shape), sampler=cfg.sample_sampler, steps=cfg.sample_steps, sigma_min=cfg.sigma_min,
-                   sigma_max=cfg.sigma_max, seeds=range(64), device=self.device)
-        return save_grid(x, path, nrow=8, title=f"step {trainer.step}")
-
-    def export(self, path: Path, trainer: Trainer, final_loss: float) -> Path:
-        return export_model(path, trainer, final_loss=final_loss)
-
-
-def make_task(cfg: TrainConfig, device: torch.device, dataset: Any = None, is_main: bool = True):
-    """The task named by ``cfg.task``; ``dataset`` replaces the configured data (an image set or a text corpus)."""
-    if cfg.task == "text":
-        from ebru.text.task import TextTask
-
-        return TextTask(cfg, device, corpus=dataset, is_main=is_main)
-    return ImageTask(cfg, device, dataset=dataset, is_main=is_main)
+    Wraps the update that must happen whole (optimiser step, counters, EMA). Only the main
+    thread can install a signal handler; elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class Trainer:
-    """Train the task of ``cfg`` (an image denoiser or a text model) and write a model directory.
+    """Train the task of ``cfg`` (``TASKS[cfg.task]``) and write its model package.
 
     Args:
         cfg: the training configuration.
         out_dir: run directory (``checkpoints/``, ``samples/``, ``log.csv``, ``model/``).
         resume: continue from the newest checkpoint in ``out_dir``.
-        dataset: data to use instead of ``cfg.data`` (an ``ImageDataset``, or a ``TextCorpus`` for text).
+        dataset: data to use instead of ``cfg.data`` (an ``ImageDataset`` for images, a ``TextCorpus`` for text).
         progress: show a progress bar (main process only).
+
+    Raises:
+        ValueError: an invalid config, a batch size the devices cannot split, checkpoints in ``out_dir``
+            without ``resume`` (or none with it), or a checkpoint of another network.
     """
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
@@ -168,12 +89,9 @@ class Trainer:
             # diffusion steps 2x slower than AR steps on this CPU; flushing them to zero costs nothing.
             torch.set_flush_denormal(True)
         self.progress = progress and self.dist.is_main
-        self.task = make_task(cfg, self.device, dataset, self.dist.is_main)
+        self.task: Task = TASKS[cfg.task](cfg, self.device, data=dataset, is_main=self.dist.is_main)
         self.data = self.task.data
         self.net_config = self.task.net_config
-        if isinstance(self.task, ImageTask):  # kept for callers that look at the images (quickstart, export)
-            self.images, self.labels = self.task.images, self.task.labels
-            self.conditional = self.task.conditional
 
         world, B = self.dist.world_size, cfg.batch_size
         micro = cfg.batch_per_device or B // world
@@ -197,8 +115,9 @@ class Trainer:
         self.ema = EMA(self.net, cfg.ema_halflife_images, cfg.ema_rampup)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
-        self.step, self.images_seen, self.elapsed = 0, 0, 0.0  # images_seen counts the task's items
+        self.step, self.items_seen, self.elapsed = 0, 0, 0.0  # items in the task's unit (images, sequences)
         self.losses: list[float] = []
+        self._step_rng: dict[str, Tensor] | None = None  # random states at the start of the step in progress
         self._tb = None
         if cfg.tensorboard and self.dist.is_main:
             try:
@@ -224,28 +143,31 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.gen.set_state(state["rng"]["data"])
         s = state["state"]
-        self.step, self.images_seen, self.elapsed = s["step"], s["images_seen"], s["elapsed"]
+        # "images_seen": the counter's name in checkpoints written before tasks other than images existed
+        self.step, self.items_seen, self.elapsed = s["step"], s.get("items_seen", s.get("images_seen")), s["elapsed"]
         self.losses = list(s.get("recent_losses", []))
         if self.dist.is_main:
             self._truncate_log()
-            print(f"resumed from step {self.step} ({self.images_seen} {self.task.unit}, {self.elapsed / 60:.1f} min)")
+            print(f"resumed from step {self.step} ({self.items_seen} {self.task.unit}, {self.elapsed / 60:.1f} min)")
 
     def _truncate_log(self) -> None:
         log = self.out / "log.csv"
         if log.is_file():
-            rows = list(csv.reader(log.open()))
+            with log.open(encoding="utf-8", newline="") as f:
+                rows = list(csv.reader(f))
             kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
-            with log.open("w", newline="") as f:
+            with log.open("w", encoding="utf-8", newline="") as f:
                 csv.writer(f).writerows(kept)
 
     def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` atomically (main process only); returns its path."""
         if not self.dist.is_main:
             return None
         return ckpt.save_checkpoint(
             self.out / "checkpoints", self.step,
             model=self.net.state_dict(), ema=self.ema.state_dict(), optimizer=self.opt.state_dict(),
             rng={"torch": torch.get_rng_state(), "data": self.gen.get_state()},
-            state={"images_seen": self.images_seen, "elapsed": self.elapsed, "net_config": self.net_config,
+            state={"items_seen": self.items_seen, "elapsed": self.elapsed, "net_config": self.net_config,
                    "train_config": self.cfg.to_dict(), "recent_losses": self.losses[-100:]},
             keep=self.cfg.keep_checkpoints)
 
@@ -269,8 +191,13 @@ class Trainer:
         return loss.float().mean()
 
     def train_step(self) -> float:
-        """One optimiser step on one global batch; returns the batch's mean loss."""
+        """One optimiser step on one global batch; returns the batch's mean loss.
+
+        Interrupted before its update, the step leaves nothing behind but gradients (cleared by the
+        next step) and the random states it began with (restored by :meth:`_undo_partial_step`).
+        """
         cfg, world, rank = self.cfg, self.dist.world_size, self.dist.rank
+        self._step_rng = {"torch": torch.get_rng_state(), "data": self.gen.get_state()}
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         batch = self._global_batch()
@@ -292,36 +219,46 @@ class Trainer:
         if not bool(torch.isfinite(norm)):  # a non-finite gradient never reaches the weights
             for g in grads:
                 torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-        if self.scaler:
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            self.opt.step()
-        self.step += 1
-        self.images_seen += cfg.batch_size
-        self.ema.update(self.net, cfg.batch_size, self.images_seen)
+        with deferred_interrupt():  # the update, the counters and the EMA: all of them or none
+            if self.scaler:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                self.opt.step()
+            self.step += 1
+            self.items_seen += cfg.batch_size
+            self.ema.update(self.net, cfg.batch_size, self.items_seen)
+            self._step_rng = None
         if self.dist.enabled:
             torch.distributed.all_reduce(total)
             total /= world
         return float(total)
 
-    # -------------------------------------------------------------------------------------- outputs
-    def ema_denoiser(self) -> Precond:
-        """The EMA weights as a Denoiser (image tasks)."""
-        return self.task.ema_denoiser(self)
+    def _undo_partial_step(self) -> None:
+        """After an interrupt inside :meth:`train_step`: back to the random states the step began with."""
+        if self._step_rng is not None:
+            torch.set_rng_state(self._step_rng["torch"])
+            self.gen.set_state(self._step_rng["data"])
+            self._step_rng = None
+        self.opt.zero_grad(set_to_none=True)
 
-    def sample_grid(self, path: Path, per_class: int = 8) -> Path:
-        """A sample grid from the EMA weights (image tasks)."""
-        return self.task.preview(self, Path(path).with_suffix(""), per_class)
+    # -------------------------------------------------------------------------------------- outputs
+    def state(self, final_loss: float | None = None) -> TrainState:
+        """This run as a task sees it: counters and a copy of the network with the EMA weights."""
+        ema = copy.deepcopy(self.net).eval()
+        self.ema.copy_to(ema)
+        if final_loss is not None and not math.isfinite(final_loss):  # e.g. a resumed run that took no step
+            final_loss = None
+        return TrainState(self.step, self.items_seen, self.elapsed, ema, final_loss)
 
     def preview(self) -> Path:
         """Samples from the EMA weights at this step, under ``samples/`` (a grid, or a text file)."""
-        return self.task.preview(self, self.out / "samples" / f"step-{self.step:07d}")
+        return self.task.preview(self.state(), self.out / "samples" / f"step-{self.step:07d}")
 
     def _log(self, row: dict[str, Any]) -> None:
         log = self.out / "log.csv"
         new = not log.is_file()
-        with log.open("a", newline="") as f:
+        with log.open("a", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
             if new:
                 w.writeheader()
@@ -348,7 +285,7 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
-        t_last, n_last = time.time(), self.images_seen
+        t_last, n_last = time.time(), self.items_seen
         unit = self.task.unit
         rate_key = {"images": "img_s"}.get(unit, f"{unit[:3]}_s")
         started = time.time() - self.elapsed
@@ -362,7 +299,7 @@ class Trainer:
                 self.losses.append(loss)
                 self.elapsed = time.time() - started
                 if bar is not None:
-                    rate = (self.images_seen - n_last) / max(time.time() - t_last, 1e-9)
+                    rate = (self.items_seen - n_last) / max(time.time() - t_last, 1e-9)
                     left = min((cfg.steps - self.step) * cfg.batch_size / max(rate, 1e-9), budget - self.elapsed)
                     bar.set_postfix({"loss": f"{loss:.4f}", rate_key: f"{rate:.0f}", "left": f"{left / 60:.1f}m"},
                                     refresh=False)
@@ -370,18 +307,21 @@ class Trainer:
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     now = time.time()
                     recent = self.losses[-cfg.log_every:]
-                    self._log({"step": self.step, unit: self.images_seen, "loss": sum(recent) / len(recent),
-                               "lr": self.lr_at(self.step - 1), f"{unit}_per_s": (self.images_seen - n_last) /
+                    self._log({"step": self.step, unit: self.items_seen, "loss": sum(recent) / len(recent),
+                               "lr": self.lr_at(self.step - 1), f"{unit}_per_s": (self.items_seen - n_last) /
                                max(now - t_last, 1e-9), "elapsed_s": round(self.elapsed, 2)})
-                    t_last, n_last = now, self.images_seen
+                    t_last, n_last = now, self.items_seen
                 if main and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.preview()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                     barrier(self.dist)
         except KeyboardInterrupt:
+            self._undo_partial_step()
             if main:
-                self.save_checkpoint()
+                # A checkpoint of this step already on disk is the clean one: never replace it.
+                if self.step not in {n for _, n in ckpt.list_checkpoints(self.out / "checkpoints")}:
+                    self.save_checkpoint()
                 print(f"\ninterrupted at step {self.step}: checkpoint saved; continue with --resume", flush=True)
             raise
         finally:
@@ -395,7 +335,7 @@ class Trainer:
         if main:
             self.preview()
             recent = self.losses[-cfg.log_every:] or [math.nan]
-            model_dir = self.task.export(self.out / "model", self, sum(recent) / len(recent))
+            model_dir = self.task.export(self.state(sum(recent) / len(recent)), self.out / "model")
         barrier(self.dist)
         cleanup(self.dist)
         return model_dir

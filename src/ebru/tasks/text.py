@@ -1,10 +1,10 @@
-"""The text task of ebru's one Trainer: random windows of a corpus, and the loss of the chosen process.
+"""The text task: random windows of a corpus, and the loss of the chosen text process.
 
-``ebru.train.Trainer`` calls it like the image task: ``build()`` the network, ``draw()``
-everything random about a global batch from the trainer's generator (window starts,
-diffusion times, mask draws, noise tokens), ``loss()`` of one slice of it, ``preview()``
-samples, ``export()`` the model directory. So text runs get the same budgets, EMA, atomic
-checkpoints, exact resume and DDP as image runs.
+``ebru.train.Trainer`` runs it like the image task (the ``Task`` protocol of ``ebru.tasks.base``):
+``build()`` the network, ``draw()`` everything random about a global batch from the trainer's
+generator (window starts, diffusion times, mask draws, noise tokens), ``loss()`` of one slice of
+it, ``preview()`` samples, ``export()`` the model package. So text runs get the same budgets,
+EMA, atomic checkpoints, exact resume and DDP as image runs.
 
 The loss is in nats per token: the NELBO estimate for the diffusion processes, the exact
 NLL for ``ar``.
@@ -12,7 +12,6 @@ NLL for ``ar``.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,34 @@ from torch import Tensor, nn
 
 from ebru.nets.transformer import Transformer
 
-from .config import TextConfig
-from .corpus import TextCorpus, load_corpus
-from .errors import CorpusMissingError
-from .model import DEFAULT_DECODER, TextModel, make_process, model_dir_config, net_config, save_model_dir
-from .tokenizer import train_tokenizer
+from ebru.text import CorpusMissingError, TextConfig, TextCorpus, TextModel, load_corpus, train_tokenizer
+from ebru.text.masked import low_discrepancy
+from ebru.text.model import DEFAULT_DECODER, make_process, model_dir_config, net_config, save_model_dir
+
+from .base import TASKS, TrainState, code_revision
 
 
+@TASKS.register("text")
 class TextTask:
+    """A text language model on a corpus: masked, uniform-noise or block diffusion, or the AR baseline.
+
+    Args:
+        cfg: the run's ``TrainConfig``; reads ``data`` (a corpus name or folder), ``model`` (the
+            transformer's size), the ``[text]`` table (``ebru.text.TextConfig``: process, tokenizer,
+            context, previews), ``license`` and ``sign_key``.
+        device: where the tokens live and the network trains.
+        data: a ``TextCorpus`` to use instead of ``cfg.data``.
+        is_main: unused (the text task prints nothing while it loads).
+    """
+
+    name = "text"
     unit = "sequences"
 
-    def __init__(self, cfg: Any, device: torch.device, corpus: TextCorpus | None = None, is_main: bool = True):
+    def __init__(self, cfg: Any, device: torch.device, data: TextCorpus | None = None, is_main: bool = True):
         self.cfg = cfg
         self.text = TextConfig.from_dict(cfg.text)
         self.device = device
-        self.data = corpus if corpus is not None else load_corpus(cfg.data)
+        self.data = data if data is not None else load_corpus(cfg.data)
         if not self.data.train_text.strip():
             raise CorpusMissingError(f"the corpus {self.data.name!r} is empty: there is no text to train on")
         t = self.text
@@ -56,8 +68,6 @@ class TextTask:
         B, L, kind = batch_size, self.text.context, self.text.process
         batch = {"start": torch.randint(len(self.tokens) - L + 1, (B,), generator=g)}
         if kind == "masked":
-            from .masked import low_discrepancy
-
             t = low_discrepancy(B, g, self.text.eps)
             batch["t"] = t[torch.randperm(B, generator=g)]  # strata are not tied to rows (or devices)
         elif kind == "block":
@@ -87,39 +97,39 @@ class TextTask:
         return p.loss(logits, x0, xt, get["t"]) / L
 
     # ---------------------------------------------------------------------------------- outputs
-    def ema_model(self, trainer: Any) -> TextModel:
-        net = copy.deepcopy(trainer.net).eval()
-        trainer.ema.copy_to(net)
+    def model(self, net: nn.Module) -> TextModel:
+        """``net`` (e.g. ``state.ema``) with this run's tokenizer and process, ready to generate."""
         return TextModel(net, self.tokenizer, self.text.process, block_size=self.text.block_size, eps=self.text.eps)
 
-    def preview(self, trainer: Any, stem: Path, num: int = 2) -> Path:
+    def preview(self, state: TrainState, stem: Path, num: int = 2) -> Path:
         """``<stem>.txt`` with ``num`` samples from the EMA weights."""
         t = self.text
-        model = self.ema_model(trainer)
+        model = self.model(state.ema)
         length = min(t.sample_length, t.context)
         gen = model.generate(num, length, steps=t.sample_steps, decoder=t.sample_decoder, seeds=0)
         path = stem.with_suffix(".txt")
         path.parent.mkdir(parents=True, exist_ok=True)
         sep = "\n" + "-" * 72 + "\n"
-        path.write_text(f"step {trainer.step}, {t.process}, {gen.nfe} network calls{sep}" + sep.join(gen.texts) + "\n")
+        path.write_text(f"step {state.step}, {t.process}, {gen.nfe} network calls{sep}" + sep.join(gen.texts) + "\n",
+                        encoding="utf-8")
         return path
 
-    def export(self, path: Path, trainer: Any, final_loss: float) -> Path:
-        from ebru.train.export import code_revision
-
+    def export(self, state: TrainState, path: Path) -> Path:
+        """Write the text model package at ``path`` (tokenizer included); sign it when ``sign_key`` is set."""
         t, corpus = self.text, self.data
-        model = self.ema_model(trainer)
+        model = self.model(state.ema)
+        final_loss = state.final_loss
         sampling = {"length": min(t.sample_length, t.context), "steps": t.sample_steps,
                     "decoder": t.sample_decoder or DEFAULT_DECODER[t.process]}
-        training = {"steps": trainer.step, "sequences": trainer.images_seen, "tokens": trainer.images_seen * t.context,
-                    "minutes": round(trainer.elapsed / 60, 2), "final_loss": final_loss, "dataset": corpus.source,
+        training = {"steps": state.step, "sequences": state.items_seen, "tokens": state.items_seen * t.context,
+                    "minutes": round(state.elapsed / 60, 2), "final_loss": final_loss, "dataset": corpus.source,
                     "corpus": corpus.name, "dataset_hash": corpus.content_hash, "held_out": corpus.held_out_name,
                     "config": self.cfg.to_dict(), "code_revision": code_revision(), "weights": "ema"}
         config = model_dir_config(t.process, model.net, self.tokenizer, block_size=t.block_size, eps=t.eps,
                                   sampling=sampling, training=training)
         provenance = {"created_by": "ebru text train", "dataset": corpus.source, "dataset_hash": corpus.content_hash,
                       "config": self.cfg.to_dict(), "code_revision": training["code_revision"],
-                      "final_metrics": {"final_loss": final_loss, "steps": trainer.step,
-                                        "sequences": trainer.images_seen, "minutes": training["minutes"]}}
+                      "final_metrics": {"final_loss": final_loss, "steps": state.step,
+                                        "sequences": state.items_seen, "minutes": training["minutes"]}}
         return save_model_dir(path, model.net.state_dict(), config, self.tokenizer, self.cfg.license, provenance,
                               sign_key=self.cfg.sign_key)

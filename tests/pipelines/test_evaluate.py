@@ -10,7 +10,8 @@ import torch
 
 from ebru.cli import main
 from ebru.data import ImageDataset
-from ebru.eval import ReferenceSet, evaluate_images, evaluate_model, format_report, load_feature_net
+from ebru.eval import ReferenceSet, evaluate_images, format_report, load_feature_net
+from ebru.pipelines.evaluate import evaluate_model
 from ebru.train import TrainConfig, Trainer
 
 NET = {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],

@@ -1,0 +1,16 @@
+"""ebru.tasks: one module per kind of training, each a :class:`Task` registered in :data:`TASKS`.
+
+- ``image`` (:class:`ImageTask`): EDM-style denoiser training on images (every image recipe).
+- ``text`` (:class:`TextTask`): masked, uniform-noise or block diffusion language models, or the
+  autoregressive baseline, on a text corpus.
+
+``ebru.train.Trainer`` builds ``TASKS[cfg.task]`` and knows only the :class:`Task` protocol
+(``ebru.tasks.base``). A new kind of training is one new module here that registers its class
+with ``@TASKS.register("name")``, plus its import below.
+"""
+
+from .base import TASKS, Task, TrainState, code_revision
+from .image import ImageTask
+from .text import TextTask
+
+__all__ = ["TASKS", "ImageTask", "Task", "TextTask", "TrainState", "code_revision"]
