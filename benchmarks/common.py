@@ -20,7 +20,7 @@ RESULTS = Path(os.environ.get("EBRU_RESULTS_DIR") or Path(__file__).resolve().pa
 
 def cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -67,7 +67,8 @@ def write_result(name: str, summary: dict, **extra) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"summary": summary, "machine": machine(), **extra}, indent=1, default=str))
+    record = {"summary": summary, "machine": machine(), **extra}
+    tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
     tmp.replace(path)
     return path
 

@@ -49,10 +49,10 @@ def main() -> None:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         got = Path(tmp)
-        gpu = (got / "DEVICE.txt").read_text().strip() if (got / "DEVICE.txt").is_file() else "gpu"
+        gpu = (got / "DEVICE.txt").read_text(encoding="utf-8").strip() if (got / "DEVICE.txt").is_file() else "gpu"
         for note in ("FAILED.txt", "SKIPPED.txt"):
             if (got / note).is_file():
-                print(f"{note}: " + "; ".join((got / note).read_text().split("\n")).strip("; "))
+                print(f"{note}: " + "; ".join((got / note).read_text(encoding="utf-8").split("\n")).strip("; "))
         files = sorted(p for p in got.iterdir() if p.suffix in (".json", ".png"))
         copied, kept = [], []
         for p in files:
@@ -67,7 +67,7 @@ def main() -> None:
                 shutil.copyfile(p, dest)
             copied.append(p.name)
             if p.suffix == ".json":
-                summary = json.loads(p.read_text()).get("summary", {})
+                summary = json.loads(p.read_text(encoding="utf-8")).get("summary", {})
                 flat = {k: v for k, v in summary.items() if not isinstance(v, dict | list)}
                 print(f"{p.name}: {json.dumps(flat, default=str)[:600]}")
         print(f"\n{'would copy' if args.dry_run else 'copied'} into {results}: {', '.join(copied) or 'nothing'}")

@@ -240,12 +240,12 @@ ls -l "$OUT"
 import json, sys
 from pathlib import Path
 for p in sorted(Path(sys.argv[1]).glob("*.json")):
-    s = json.loads(p.read_text()).get("summary", {})
+    s = json.loads(p.read_text(encoding="utf-8")).get("summary", {})
     keep = {k: v for k, v in s.items() if not isinstance(v, dict | list) or k == "errors"}
     print(f"{p.stem}: {json.dumps(keep, default=str)[:900]}")
 for f in ("FAILED.txt", "SKIPPED.txt"):
     if (Path(sys.argv[1]) / f).exists():
-        print(f, (Path(sys.argv[1]) / f).read_text().strip().replace("\n", "; "))
+        print(f, (Path(sys.argv[1]) / f).read_text(encoding="utf-8").strip().replace("\n", "; "))
 EOF
 say "end"
 exec >&- 2>&-   # let tee write the last lines (to stdout and session.log) before the call returns

@@ -153,7 +153,7 @@ def train_peer(out: Path, minutes: float, seed: int = 0, device: str = "cpu", ch
             "params": n_params(model), "final_loss": sum(losses[-100:]) / max(len(losses[-100:]), 1),
             "batch": batch, "device": str(dev), "precision": "fp16 autocast" if fp16 else "fp32",
             "lr_schedule": "cosine over the clock" if cuda else "cosine over the step count measured at step 50"}
-    (out / "train.json").write_text(json.dumps(info, indent=1))
+    (out / "train.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
 
 
@@ -195,11 +195,11 @@ def train_ebru(out: Path, minutes: float, recipe: str = "fashion_mnist_cpu", dev
     cfg = load_config(recipe, ebru_overrides(minutes, device, extra or []))
     trainer = Trainer(cfg, out, progress=False)
     trainer.fit()
-    t = json.loads((out / "model" / "config.json").read_text())["training"]
+    t = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))["training"]
     info = {"steps": t["steps"], "images_seen": t["images_seen"], "minutes": t["minutes"],
             "params": n_params(trainer.net), "final_loss": t["final_loss"], "batch": cfg.batch_size,
             "device": str(trainer.device), "recipe": recipe, "overrides": extra or []}
-    (out / "train.json").write_text(json.dumps(info, indent=1))
+    (out / "train.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
 
 
@@ -243,7 +243,7 @@ def _train_role(role: str, out: Path, args: argparse.Namespace) -> None:
 def _launch(role: str, out: Path, args: argparse.Namespace, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "EBRU_BENCH_THREADS": str(threads)}
-    log = open(out / f"train-{role}.log", "w")  # noqa: SIM115 - closed with the process
+    log = open(out / f"train-{role}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
     cmd = [sys.executable, __file__, "--role", role, "--out-dir", str(out), "--budget-minutes",
            str(args.budget_minutes), "--device", args.device, "--ebru-recipe", args.ebru_recipe,
            "--peer-channels", str(args.peer_channels), "--peer-precision", args.peer_precision,
@@ -254,7 +254,7 @@ def _launch(role: str, out: Path, args: argparse.Namespace, threads: int) -> sub
 def _wait(procs: dict[str, subprocess.Popen], out: Path) -> None:
     for role, p in procs.items():
         if p.wait() != 0:
-            tail = (out / f"train-{role}.log").read_text()[-2000:]
+            tail = (out / f"train-{role}.log").read_text(encoding="utf-8")[-2000:]
             sys.exit(f"{role} training failed:\n{tail}")
 
 
@@ -305,7 +305,7 @@ def main() -> None:
                     _wait({r: _launch(r, out, args, torch.get_num_threads())}, out)
             else:
                 _wait({r: _launch(r, out, args, 1) for r in roles}, out)
-        train_info = {r: json.loads((out / r / "train.json").read_text()) for r in roles}
+        train_info = {r: json.loads((out / r / "train.json").read_text(encoding="utf-8")) for r in roles}
         print(f"trained in {(time.time() - t0) / 60:.1f} min: " + ", ".join(
             f"{r} {i['steps']} steps ({i['images_seen']} images, {i['params'] / 1e6:.2f}M params)"
             for r, i in train_info.items()), flush=True)
@@ -335,7 +335,7 @@ def main() -> None:
     if args.skip_peer:
         prev = RESULTS / f"{args.name}.json"
         if prev.is_file():
-            old = json.loads(prev.read_text())
+            old = json.loads(prev.read_text(encoding="utf-8"))
             if old.get("budget_minutes") == args.budget_minutes and old.get("n_samples") == args.n_samples:
                 peer_prev = old
     m = {r: s["metrics"] for r, s in scores.items()}

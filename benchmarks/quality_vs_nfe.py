@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     out_json = RESULTS / f"{NAME}.json"
     if args.plot_only:
-        print(plot(json.loads(out_json.read_text()), RESULTS / f"{NAME}.png"))
+        print(plot(json.loads(out_json.read_text(encoding="utf-8")), RESULTS / f"{NAME}.png"))
         return
 
     from ebru.eval import evaluate_images, load_feature_net, reference_set
@@ -91,7 +91,7 @@ def main() -> None:
         labels = [i % pipe.num_classes for i in range(args.n_samples)]
     curves: dict[str, list[dict]] = {}
     if args.merge and out_json.is_file():
-        old = json.loads(out_json.read_text())
+        old = json.loads(out_json.read_text(encoding="utf-8"))
         if old.get("model") != str(args.model) or old["summary"].get("n_samples") != args.n_samples:
             sys.exit(f"--merge: {out_json} holds another model or sample count")
         curves = old["curves"]

@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the last JSON result")
     args = ap.parse_args()
     if args.plot_only:
-        plot(json.loads((RESULTS / "sampler_accuracy.json").read_text())["rows"])
+        plot(json.loads((RESULTS / "sampler_accuracy.json").read_text(encoding="utf-8"))["rows"])
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     n_train, n_eval, iters = (128, 128, 100) if args.quick else (384, 256, 250)
@@ -161,7 +161,7 @@ def main() -> None:
                "train_trajectories": n_train, "eval_trajectories": n_eval, "tuning_iters": iters,
                "reference": "Dormand-Prince 5(4) in log sigma, rtol 1e-10, then D(x, sigma_min)"}
     path = write_result("sampler_accuracy", summary, problem=problem, rows=rows)
-    (RESULTS / "sampler_accuracy_tuned.json").write_text(json.dumps(tuned_out, indent=1))
+    (RESULTS / "sampler_accuracy_tuned.json").write_text(json.dumps(tuned_out, indent=1), encoding="utf-8")
     plot(rows)
     print(f"\nwrote {path} and {RESULTS / 'sampler_accuracy.png'}")
 

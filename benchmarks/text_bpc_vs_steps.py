@@ -102,11 +102,11 @@ def main() -> None:
         for k in todo:
             cmd = [sys.executable, __file__, "--role", k, "--work", args.work, "--steps", str(steps),
                    "--every", str(every)] + (["--quick"] if args.quick else [])
-            procs[k] = subprocess.Popen(cmd, env=env, stdout=open(out / f"train-{k}.log", "w"),  # noqa: SIM115
+            procs[k] = subprocess.Popen(cmd, env=env, stdout=open(out / f"train-{k}.log", "w", encoding="utf-8"),  # noqa: SIM115
                                         stderr=subprocess.STDOUT)
         for k, p in procs.items():
             if p.wait() != 0:
-                sys.exit(f"{k} training failed:\n{(out / f'train-{k}.log').read_text()[-2000:]}")
+                sys.exit(f"{k} training failed:\n{(out / f'train-{k}.log').read_text(encoding='utf-8')[-2000:]}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     windows, samples = (4, 1) if args.quick else (128, 8)
     rows = {k: score(k, out, steps, every, windows, samples) for k in RECIPES}

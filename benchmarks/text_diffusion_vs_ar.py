@@ -91,13 +91,13 @@ def train_parallel(out: Path, args: argparse.Namespace) -> dict[str, str]:
         if args.time_cap:
             cmd += ["--time-cap", str(args.time_cap)]
         env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-        log = open(out / f"train-{kind}.log", "w")  # noqa: SIM115 - closed with the process
+        log = open(out / f"train-{kind}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
         procs[kind] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     errors = {}
     for kind, (p, log) in procs.items():
         rc = p.wait()
         log.close()
-        text = (out / f"train-{kind}.log").read_text(errors="replace")
+        text = (out / f"train-{kind}.log").read_text(encoding="utf-8", errors="replace")
         print(f"--- training log of {kind} (exit {rc}), last lines:\n" + "\n".join(text.splitlines()[-5:]), flush=True)
         if rc != 0:
             errors[kind] = f"training exited with {rc}: " + text[-1500:]

@@ -56,7 +56,7 @@ def load_feature_net(device: str | torch.device = "cpu") -> FashionFeatureNet:
     if not WEIGHTS.is_file() or not WEIGHTS_INFO.is_file():
         raise FileNotFoundError(f"feature network weights missing in {WEIGHTS_DIR}: "
                                 "train them with `python -m ebru.eval.train_feature_net`")
-    info = json.loads(WEIGHTS_INFO.read_text())
+    info = json.loads(WEIGHTS_INFO.read_text(encoding="utf-8"))
     digest = sha256_file(WEIGHTS)
     if digest != info["sha256"]:
         raise ValueError(f"{WEIGHTS} has SHA-256 {digest[:16]}..., expected {info['sha256'][:16]}... "

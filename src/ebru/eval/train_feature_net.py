@@ -78,7 +78,7 @@ def main() -> None:
             "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
             "torch": torch.__version__, "seconds": round(time.time() - t0, 1),
             "command": "python -m ebru.eval.train_feature_net"}
-    WEIGHTS_INFO.write_text(json.dumps(info, indent=1) + "\n")
+    WEIGHTS_INFO.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     print(f"test accuracy {acc:.4f}; wrote {WEIGHTS} (sha256 {info['sha256'][:16]}...)")
 
 

@@ -134,5 +134,5 @@ def run_demo(out_dir: str | Path = "ebru-out", n_points: int = 1000, seed: int =
     plt.close(fig)
 
     result = {"plot": str(png), "errors_by_nfe": errors, "seconds": round(time.time() - t0, 2)}
-    (out / "demo.json").write_text(json.dumps(result, indent=1))
+    (out / "demo.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result

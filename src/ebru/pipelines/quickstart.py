@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from ebru.data.grid import save_grid
 from ebru.train import Trainer, load_config
 from ebru.train.checkpoint import list_checkpoints
-from ebru.data.grid import save_grid
 
 from .image import ImagePipeline
 

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from ebru.nets.transformer import Transformer
-
 from ebru.text import CorpusMissingError, TextConfig, TextCorpus, TextModel, load_corpus, train_tokenizer
 from ebru.text.masked import low_discrepancy
 from ebru.text.model import DEFAULT_DECODER, make_process, model_dir_config, net_config, save_model_dir

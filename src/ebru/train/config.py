@@ -10,7 +10,8 @@ network (see ``ebru.nets``)::
     channels = 32
 
 ``task`` names the kind of training, a task registered in ``ebru.tasks.TASKS``: ``"image"`` (the
-default, so configs written before tasks had names still work) or ``"text"``. ``task = "text"`` trains a text model (``data`` is a corpus name or folder, the
+default, so configs written before tasks had names still work) or ``"text"``. ``task = "text"``
+trains a text model (``data`` is a corpus name or folder, the
 ``[model]`` table sizes an ``ebru.nets.Transformer`` and a ``[text]`` table holds the
 process, tokenizer and context: see ``ebru.text.TextConfig``).
 
