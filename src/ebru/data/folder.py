@@ -104,6 +104,17 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def utf8_name(name: str) -> str:
+    """A file name as UTF-8 text, whatever the locale.
+
+    Linux file names are bytes; Python decodes them with the locale's encoding and keeps
+    undecodable bytes as surrogates (under ``LC_ALL=C`` "Café" arrives as ``"Caf\\udcc3\\udca9"``),
+    which cannot be written to a UTF-8 file. Names are UTF-8 on every system ebru supports, so
+    they are decoded as UTF-8 (bytes that are not valid UTF-8 become U+FFFD).
+    """
+    return os.fsencode(name).decode("utf-8", errors="replace")
+
+
 class ImageFolder(ImageDataset):
     """Image files under ``root``, decoded into memory; see the module docstring for the rules.
 
@@ -145,7 +156,7 @@ class ImageFolder(ImageDataset):
             exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
             raise ValueError(f"no image files ({exts}) in {root}")
 
-        rels = [p.relative_to(root).as_posix() for p in candidates]
+        rels = [utf8_name(p.relative_to(root).as_posix()) for p in candidates]
         labelled = all("/" in r for r in rels)
         class_names = sorted({r.split("/", 1)[0] for r in rels}) if labelled else None
         class_index = {name: i for i, name in enumerate(class_names or [])}
@@ -216,7 +227,7 @@ class ImageFolder(ImageDataset):
             torch.tensor(labels, dtype=torch.long),
             class_names=class_names,
             content_hash=hasher.hexdigest(),
-            source=f"image folder {root} ({len(self.files)} images, {what}{size})",
+            source=f"image folder {utf8_name(str(root))} ({len(self.files)} images, {what}{size})",
         )
         if self.skipped:
             warnings.warn(self.report, stacklevel=2)

@@ -187,6 +187,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = resolve_config(path)
         try:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                             "save the config as UTF-8") from None
+        except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{p}: not valid TOML ({e})") from None
     return TrainConfig.from_dict(apply_overrides(d, overrides or []))
