@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 
@@ -30,8 +31,6 @@ def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:
 def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[str] | None = None,
               title: str | None = None, scale: int = 3) -> Path:
     """Save a grid PNG; with ``row_labels`` (one per row) the rows are labelled on the left."""
-    from PIL import Image, ImageDraw
-
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy())
     img = img.convert("RGB").resize((img.width * scale, img.height * scale), Image.NEAREST)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from ebru.data.hashing import sha256_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS = WEIGHTS_DIR / "fmnist_features.safetensors"
@@ -49,10 +52,6 @@ class FashionFeatureNet(nn.Module):
 
 def load_feature_net(device: str | torch.device = "cpu") -> FashionFeatureNet:
     """The shipped network, verified against its recorded SHA-256 before loading."""
-    from safetensors.torch import load_file
-
-    from ebru.data.hashing import sha256_file
-
     if not WEIGHTS.is_file() or not WEIGHTS_INFO.is_file():
         raise FileNotFoundError(f"feature network weights missing in {WEIGHTS_DIR}: "
                                 "train them with `python -m ebru.eval.train_feature_net`")

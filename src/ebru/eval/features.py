@@ -13,6 +13,7 @@ import hashlib
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 
 def network_fingerprint(net: nn.Module) -> str:
@@ -43,8 +44,6 @@ def expected_input_shape(net: nn.Module) -> tuple[int, ...] | None:
 def extract_features(net: nn.Module, images: Tensor, *, batch: int = 500, progress: bool = False,
                      desc: str = "features") -> Tensor:
     """(N, D) float32 features of ``images`` (N, C, H, W) in [-1, 1]; uint8 images are converted first."""
-    from tqdm.auto import tqdm
-
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     want = expected_input_shape(net)

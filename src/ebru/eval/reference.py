@@ -18,7 +18,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from ebru.data import load_dataset
 
 from .features import extract_features, network_fingerprint
 from .frechet import FeatureStats
@@ -57,8 +61,6 @@ class ReferenceSet:
                              "recompute them with this network")
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -70,8 +72,6 @@ class ReferenceSet:
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceSet:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"reference statistics not found: {path}")
@@ -90,8 +90,6 @@ class ReferenceSet:
 def reference_set(net: nn.Module, dataset: str = "fashion-mnist:test", *, cache: bool = True,
                   progress: bool = False) -> ReferenceSet:
     """Features of every image of ``dataset`` (a :func:`ebru.data.load_dataset` spec), cached."""
-    from ebru.data import load_dataset
-
     data = load_dataset(dataset)
     fp = network_fingerprint(net)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)[-40:]

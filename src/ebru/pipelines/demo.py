@@ -43,7 +43,7 @@ def ring_mixture(components: int = 8, radius: float = 1.5, seed: int = 0) -> Gau
 
 def run_demo(out_dir: str | Path = "ebru-out", n_points: int = 1000, seed: int = 0) -> dict:
     """Write ``demo.png`` and ``demo.json`` to ``out_dir``; return the measured figures."""
-    import matplotlib
+    import matplotlib  # here, not at the top: matplotlib takes about a second to import, and only the demo plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -6,6 +6,8 @@ on top of ebru's samplers, with per-sample seeds.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,14 +131,37 @@ class ImagePipeline:
             progress=progress, callback=callback, **cond)
 
 
-def save_images(images: Tensor, out_dir: str | Path, prefix: str = "sample") -> list[Path]:
-    """One PNG per image: ``out_dir/<prefix>-0000.png`` ..."""
+def safe_name(text: str, limit: int = 48) -> str:
+    """``text`` as a portable piece of a file name: ASCII letters, digits, ``.``, ``_`` and ``-`` only.
+
+    Accents are dropped (``Écharpe`` -> ``Echarpe``), every other run of characters becomes ``_``
+    (``T-shirt/top`` -> ``T-shirt_top``), leading and trailing ``._-`` go, and at most ``limit``
+    characters are kept; an empty result is ``_``.
+    """
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_text).strip("._-")[:limit].strip("._-") or "_"
+
+
+def save_images(images: Tensor, out_dir: str | Path, prefix: str = "sample", *, seeds: Sequence[int] | None = None,
+                labels: Sequence[str] | None = None) -> list[Path]:
+    """One PNG per image, named so that it can be drawn again: ``out_dir/<prefix>[-<label>]-seed<seed>.png``.
+
+    ``seeds``: the seed of each image (default 0, 1, 2, ...), written with at least four digits
+    (``seed0007``); ``labels``: what each image was asked for (a class name or a prompt), made
+    filesystem-safe by :func:`safe_name`. E.g. ``sample-Sneaker-seed0007.png``. Raises ``ValueError``
+    when ``seeds`` or ``labels`` do not have one entry per image.
+    """
+    seeds = list(range(len(images))) if seeds is None else list(seeds)
+    if len(seeds) != len(images) or (labels is not None and len(labels) != len(images)):
+        raise ValueError(f"save_images needs one seed (and label) per image: {len(images)} images, {len(seeds)} "
+                         f"seeds, {'no' if labels is None else len(labels)} labels")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, a in enumerate(to_uint8(images)):
         arr = a.squeeze(-1).numpy() if a.shape[-1] == 1 else a.numpy()
-        p = out / f"{prefix}-{i:04d}.png"
+        label = "" if labels is None else f"-{safe_name(labels[i])}"
+        p = out / f"{prefix}{label}-seed{seeds[i]:04d}.png"
         Image.fromarray(arr).save(p)
         paths.append(p)
     return paths

@@ -9,12 +9,14 @@ Running it again resumes an unfinished run, or only redraws the pictures.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ebru.data.grid import save_grid
+from ebru.eval import class_agreement, load_feature_net
 from ebru.train import Trainer, load_config
 from ebru.train.checkpoint import list_checkpoints
 
@@ -69,12 +71,8 @@ def run_quickstart(out: str | Path = "ebru-quickstart", overrides: list[str] | N
                      title=f"ebru quickstart: guidance {pipe.config['sampling']['guidance']}, "
                            f"{pipe.config['sampling']['steps']} dpmpp_2m steps")
     agreement = None
-    try:
-        from ebru.eval import class_agreement, load_feature_net
-
+    with contextlib.suppress(FileNotFoundError, ValueError):  # no feature network for this data: no figure
         agreement = class_agreement(load_feature_net(), images, torch.tensor(labels))
-    except (FileNotFoundError, ValueError):
-        pass
     forward = _draw_forward(pipe, trainer.task.images[0].cpu(), out / "forward.png")
     reverse = _draw_reverse(pipe, 0, out / "reverse.png")
     t = pipe.config["training"]

@@ -15,6 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ebru.text import TextModel, load_corpus
+from ebru.text.metrics import bits_per_char, generative_perplexity, tokens_per_second, unigram_entropy
+from ebru.train import Trainer, load_config
+from ebru.train.checkpoint import list_checkpoints
+
 QUICKSTART_RECIPE = "text_quickstart"
 QUICKSTART_LENGTH = 200
 QUICKSTART_INFILL = "It is a truth [25] that a single man in possession of a good fortune, must be in want of a wife."
@@ -24,9 +29,6 @@ def evaluate_text_model(model_dir: str | Path, *, judge: str | Path | None = Non
                         samples: int = 4, speed_length: int = 128, speed_steps: int = 32, num_samples: int = 8,
                         device: str = "cpu", progress: bool = True, **load_options: Any) -> dict[str, Any]:
     """Held-out bits per character, sample entropy (and generative perplexity under ``judge``), tokens/s."""
-    from ebru.text import TextModel, load_corpus
-    from ebru.text.metrics import bits_per_char, generative_perplexity, tokens_per_second, unigram_entropy
-
     model = TextModel.from_pretrained(model_dir, device=device, **load_options)
     training = model.config.get("training", {})
     corpus = load_corpus(training.get("config", {}).get("data") or training.get("corpus", "austen"))
@@ -54,10 +56,6 @@ def evaluate_text_model(model_dir: str | Path, *, judge: str | Path | None = Non
 def run_text_quickstart(out: str | Path = "ebru-text-quickstart", overrides: list[str] | None = None,
                         progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the quickstart masked-diffusion model on Austen; generate, show the steps, infill."""
-    from ebru.text import TextModel
-    from ebru.text.metrics import bits_per_char
-    from ebru.train import Trainer, load_config
-    from ebru.train.checkpoint import list_checkpoints
 
     t0 = time.time()
     out = Path(out)

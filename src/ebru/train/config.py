@@ -32,6 +32,7 @@ from typing import Any
 from ebru.checks import unknown_key_message
 from ebru.diffusion.defaults import SAMPLING
 from ebru.tasks import TASKS
+from ebru.trust import TrustError, load_signing_key
 
 TABLES = ("model", "text")  # nested tables that --set reaches with "table.key=value"
 
@@ -125,8 +126,6 @@ class TrainConfig:
         need(self.sign_key is None or isinstance(self.sign_key, str),
              f"sign_key must be the path of a private key file (.key), got {self.sign_key!r}")
         if self.sign_key and os.environ.get("RANK", "0") == "0":  # only the main process exports and signs
-            from ebru.trust import TrustError, load_signing_key
-
             try:  # found now, not after the whole training budget
                 load_signing_key(self.sign_key)
             except TrustError as e:

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from ebru.tasks import TASKS, Task, TrainState
 
@@ -103,9 +105,8 @@ class Trainer:
         self.net, self.model = self.task.build()
         self.train_model = self.model
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.train_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:  # the training pass only: checkpoints, the EMA and previews use the plain modules
             self.train_model = torch.compile(self.train_model)
         # The fused kernel does AdamW's whole update in one pass over each tensor; the default
@@ -120,7 +121,7 @@ class Trainer:
         self._step_rng: dict[str, Tensor] | None = None  # random states at the start of the step in progress
         self._tb = None
         if cfg.tensorboard and self.dist.is_main:
-            try:
+            try:  # an optional dependency: checked here so a missing one fails before training, not after
                 import tensorboard  # noqa: F401
             except ImportError:
                 raise ValueError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
@@ -265,7 +266,7 @@ class Trainer:
             w.writerow(row)
         if self.cfg.tensorboard:
             if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional (tensorboard = false runs without)
 
                 self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step)
             unit = self.task.unit
@@ -281,8 +282,6 @@ class Trainer:
         budget = cfg.time_budget * 60 if cfg.time_budget else math.inf
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
         t_last, n_last = time.time(), self.items_seen
