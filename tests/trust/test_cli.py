@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 from ebru.cli import main
 from ebru.nets import build_net
@@ -77,11 +78,12 @@ def test_package_pack_unpack_audit(capsys, tmp_path, make_package, keys):
     assert code == 0
     code, out, _ = run(capsys, "unpack", str(tmp_path / "b.tar"), "-o", str(tmp_path / "u"),
                        "--trusted-keys", str(keys.trusted))
-    assert code == 0 and out == f"unpacked and verified: {tmp_path / 'u'}\n"
+    assert code == 0 and out.splitlines()[0] == f"unpacked and verified: {tmp_path / 'u'}"
+    assert re.search(r"^package: +3 files match manifest\.json; signed by ed \(ed25519", out.splitlines()[1])
     code, out, _ = run(capsys, "audit", "verify")
     assert code == 0 and "hash chain intact" in out
-    code, out, _ = run(capsys, "audit", "show", "-n", "3")
-    assert [line.split()[2] for line in out.splitlines()] == ["sign", "pack", "unpack"]
+    code, out, _ = run(capsys, "audit", "show", "-n", "5")  # pack and unpack also check the licence policy
+    assert [line.split()[2] for line in out.splitlines()] == ["sign", "verify", "pack", "unpack", "verify"]
     log = tmp_path / "audit.jsonl"
     log.write_text(log.read_text().replace('"event":"pack"', '"event":"load"'))
     code, _, err = run(capsys, "audit", "verify")
@@ -127,3 +129,46 @@ def test_package_with_a_base_records_its_lineage(capsys, tmp_path, make_package,
     assert "obligation: use-based restrictions of openrail" in out
     code, _, err = run(capsys, "package", str(ft), "--base", "org/base")
     assert (code, err) == (2, "ebru: error: --base expects NAME=DIR, got 'org/base'\n")
+
+
+def test_an_unsigned_package_is_never_headlined_verified(capsys, make_package, keys):
+    pkg = make_package()
+    code, out, err = run(capsys, "verify", str(pkg))  # no trusted keys configured: loads, with a warning
+    assert code == 0
+    lines = out.splitlines()
+    assert re.search(r"^checked: +\S+ +\(integrity only: its origin is NOT verified\)$", lines[0])
+    assert not re.search(r"^verified", out, re.M)
+    assert re.search(r"^files: +\d+ files match manifest\.json", lines[1])
+    assert re.search(r"^signature: none: the package is UNSIGNED", lines[2])
+    assert re.search(r"unsigned and no trusted keys are configured, so its origin was not checked", err)
+    code, out, _ = run(capsys, "verify", str(pkg), "--trusted-keys", str(keys.trusted), "--allow-unsigned")
+    assert code == 0 and out.startswith("checked:")
+    signed = make_package("signed", sign_key=keys.ed)
+    code, out, _ = run(capsys, "verify", str(signed))  # signed, but no key to check it against
+    assert code == 0 and out.startswith("checked:")
+    assert re.search(r"^signature: present but NOT checked against a trusted key", out, re.M)
+    code, out, _ = run(capsys, "verify", str(signed), "--trusted-keys", str(keys.trusted))
+    assert code == 0 and out.startswith(f"verified:  {signed}\n")
+    bundle = signed.parent / "s.tar"
+    assert run(capsys, "pack", str(pkg), "-o", str(bundle))[0] == 0
+    code, out, _ = run(capsys, "unpack", str(bundle), "-o", str(signed.parent / "u"))
+    assert code == 0 and out.startswith(f"unpacked: {signed.parent / 'u'}\n")
+    assert re.search(r"^package: +\d+ files match manifest\.json; origin NOT verified: it is UNSIGNED$", out, re.M)
+
+
+def test_package_base_pack_and_unpack_take_the_licence_policy(capsys, tmp_path, make_package, keys):
+    base = make_package("base", card="---\nlicense: openrail\nbase_model: null\n---\n", sign_key=keys.ed)
+    ft = make_package("ft", card="---\nlicense: mit\nbase_model: org/base\n---\n")
+    deny = tmp_path / "deny.toml"
+    deny.write_text('[licenses]\nopenrail = "deny"\nmit = "deny"\n', encoding="utf-8")
+    trusted = ["--trusted-keys", str(keys.trusted)]
+    code, _, err = run(capsys, "package", str(ft), "--base", f"org/base={base}", *trusted, "--policy", str(deny))
+    assert code == 2 and re.search(r"^ebru: error: .*licence 'openrail' is denied by the licence policy", err)
+    code, _, err = run(capsys, "package", str(ft), "--policy", str(deny))
+    assert code == 2 and re.search(r"--policy decide\(s\) on --base packages, and none was given", err)
+    bundle = tmp_path / "b.tar"
+    code, _, err = run(capsys, "pack", str(base), "-o", str(bundle), *trusted, "--policy", str(deny))
+    assert code == 2 and "licence 'openrail' is denied" in err and not bundle.exists()
+    assert run(capsys, "pack", str(base), "-o", str(bundle), *trusted)[0] == 0
+    code, _, err = run(capsys, "unpack", str(bundle), "-o", str(tmp_path / "u"), *trusted, "--policy", str(deny))
+    assert code == 2 and "licence 'openrail' is denied" in err and not (tmp_path / "u").exists()

@@ -133,6 +133,10 @@ def test_training_exports_a_signed_package_with_provenance(tmp_path, keys):
     assert m.signer.name == "ec"
     p = m.manifest.provenance
     assert p["created_by"] == "ebru train" and p["dataset"] == "tiny test set" and p["dataset_hash"] == "ab" * 32
-    assert p["config"]["steps"] == 2 and p["config"]["sign_key"] == str(keys.ec)
+    # The key is named by its public ID; its path (a secret's location) is nowhere in the package.
+    assert p["config"]["steps"] == 2 and p["config"]["sign_key"] == f"key-id:{m.signer.key_id}"
+    assert m.config["training"]["config"]["sign_key"] == f"key-id:{m.signer.key_id}"
+    for f in model_dir.iterdir():
+        assert str(keys.ec).encode() not in f.read_bytes() and b"ec.key" not in f.read_bytes(), f.name
     assert "code_revision" in p and p["final_metrics"]["steps"] == 2 and "final_loss" in p["final_metrics"]
     assert m.card.license == "mit" and m.card.datasets == ("tiny test set",)

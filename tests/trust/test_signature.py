@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -199,3 +200,89 @@ def test_signing_refuses_what_would_not_load(make_package, keys):
     with pytest.raises(UnsafeFileError, match="a pickle stream"):
         sign_package(pkg, keys.ed)
     assert not (pkg / "model.sig").exists()
+
+
+# ------------------------------------------------------------------ a signature is checked even without keys
+
+
+def _edit_manifest(pkg, edit):
+    manifest = json.loads((pkg / "manifest.json").read_text(encoding="utf-8"))
+    edit(manifest)
+    (pkg / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def test_changed_after_signing_is_refused_without_trusted_keys(make_package, keys, tmp_path):
+    """Sign, then change the licence record in manifest.json: refused, not 'origin not checked'."""
+    from ebru.trust import load, pack
+
+    pkg = make_package(sign_key=keys.ed)
+    _edit_manifest(pkg, lambda m: m.update(lineage=[{"name": "base", "license": "apache-2.0"}]))
+    for check in (load, verify, lambda p: pack(p, tmp_path / "b.tar")):
+        with pytest.raises(SignatureError) as e:
+            check(pkg)
+        assert e.value.path == str(pkg / "model.sig") and "\n" not in str(e.value)
+        assert re.search(r"manifest.json differs from the signed file .*the signature does not match", e.value.reason)
+    assert not (tmp_path / "b.tar").exists()
+
+
+def test_card_licence_edited_and_manifest_rebuilt_is_refused_without_keys(make_package, keys):
+    from ebru.trust.manifest import build_manifest
+
+    pkg = make_package(sign_key=keys.ed)
+    card = (pkg / "MODEL_CARD.md").read_text(encoding="utf-8")
+    (pkg / "MODEL_CARD.md").write_text(card.replace("license: mit", "license: apache-2.0"), encoding="utf-8")
+    old = json.loads((pkg / "manifest.json").read_text(encoding="utf-8"))
+    (pkg / "manifest.json").write_bytes(build_manifest(pkg, old["provenance"]).to_json())
+    with pytest.raises(SignatureError, match=r"model.sig: .* differs from the signed file .*does not match"):
+        verify(pkg)
+
+
+def test_file_added_after_signing_is_refused_without_keys(make_package, keys):
+    pkg = make_package(sign_key=keys.ed)
+    sig = (pkg / "model.sig").read_bytes()
+    (pkg / "LICENSE").write_text("MIT\n", encoding="utf-8")
+    package_dir(pkg)  # lists the new file and drops the stale signature; the attacker puts it back
+    (pkg / "model.sig").write_bytes(sig)
+    with pytest.raises(SignatureError, match=r"model.sig: LICENSE is not covered by the signature .*does not match"):
+        verify(pkg)
+
+
+def test_unknown_signer_without_trusted_keys_is_a_distinct_warning(make_package, keys):
+    from ebru.trust import load_signing_key
+
+    kid = load_signing_key(keys.stranger).key_id
+    signed = verify(make_package(sign_key=keys.stranger), quiet=True)
+    unsigned = verify(make_package("plain"), quiet=True)
+    assert signed.signer is None and len(signed.warnings) == 1
+    assert f"is signed by key {kid[:16]}…" in signed.warnings[0] and "were not checked" in signed.warnings[0]
+    assert "is unsigned and no trusted keys are configured" in unsigned.warnings[0]
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"garbage", "signature bundle"),
+    (b"", "signature bundle"),
+    (b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"', "signature bundle"),
+    (b"{}", "the bundle has no 'dsseEnvelope'"),
+])
+def test_corrupt_signature_is_refused_without_keys(make_package, content, reason):
+    pkg = make_package()
+    (pkg / "model.sig").write_bytes(content)
+    with pytest.raises(SignatureError) as e:
+        verify(pkg)
+    assert e.value.path == str(pkg / "model.sig") and reason in e.value.reason and "\n" not in str(e.value)
+
+
+def test_corrupt_statement_is_refused_without_keys(make_package, keys):
+    pkg = make_package(sign_key=keys.ed)
+    _rewrite(pkg, lambda b: b["dsseEnvelope"].update(payload=base64.b64encode(b"[1, 2]").decode()))
+    with pytest.raises(SignatureError, match=r"model.sig: the statement is not a JSON object"):
+        verify(pkg)
+
+
+def test_allow_unsigned_with_an_unknown_signer_still_checks_the_files(make_package, keys):
+    """--allow-unsigned accepts an unknown signer, never a signature that no longer matches the files."""
+    pkg = make_package(sign_key=keys.stranger)
+    assert verify(pkg, trusted_keys=keys.trusted, allow_unsigned=True, quiet=True).signer is None
+    _edit_manifest(pkg, lambda m: m["provenance"].update(dataset="something else"))
+    with pytest.raises(SignatureError, match=r"manifest.json differs from the signed file"):
+        verify(pkg, trusted_keys=keys.trusted, allow_unsigned=True)

@@ -8,11 +8,16 @@ A checkpoint is a directory ``ckpt-00001234/`` under the run's ``checkpoints/``:
     rng.safetensors        torch's global RNG state and the trainer's data generator state
     state.json             step, images seen, optimizer param groups, config, ...
 
-It is written into ``ckpt-00001234.tmp/``, flushed to disk, and only then renamed;
-``latest`` (a one-line file, replaced atomically) names the newest complete one.
-A run killed at any moment, even mid-save, therefore leaves the previous
-checkpoint loadable, and a failed save (disk full) removes its partial files.
-Nothing here uses pickle.
+It is written into a hidden temporary sibling (``.ckpt-00001234.checkpoint-XXXX.tmp/``),
+flushed to disk, and only then renamed; ``latest`` (a one-line file, replaced atomically) names
+the newest complete one. The save is one :class:`ebru.trust.staging.Staged` operation: a save
+that fails (disk full) or is interrupted (Ctrl-C) removes its temporary files, puts back a
+checkpoint of the same step it was replacing, and records the abandoned save in the audit log.
+A run killed at any moment, even mid-save (SIGKILL, power loss), leaves the previous checkpoint
+loadable; the next save removes such leftovers. Nothing here uses pickle.
+
+``state.json`` never holds the path of a private key: a ``sign_key`` in the training config is
+written as the key's public ID (:mod:`ebru.trust.redact`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ebru.trust.files import fsync_dir
+from ebru.trust.redact import redact
+from ebru.trust.staging import Staged
 
 _PREFIX = "ckpt-"
 
@@ -60,37 +67,48 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
+def _remove_leftovers(root: Path) -> None:
+    """Temporaries of saves that were killed outright (SIGKILL, power loss), so nothing could clean up."""
+    for p in root.iterdir():
+        stale = (p.name.startswith(f".{_PREFIX}") and ".checkpoint-" in p.name and p.name.endswith(".tmp")) \
+            or (p.name.startswith(_PREFIX) and p.name.endswith(".tmp"))  # older ebru versions
+        if stale and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".latest.checkpoint-") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+
+
 def save_checkpoint(root: str | Path, step: int, *, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
                     optimizer: dict[str, Any], rng: dict[str, torch.Tensor], state: dict[str, Any],
                     keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` ones."""
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` ones.
+
+    Raises ``OSError`` (naming the step and the checkpoint that is kept) when the save fails;
+    on failure or interruption nothing of the new save is left and the audit log records it.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
-    tmp = root / f"{_PREFIX}{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
-        _save_tensors(model, tmp / "model.safetensors")
-        _save_tensors(ema, tmp / "ema.safetensors")
-        opt_tensors, opt_rest = optimizer_to_flat(optimizer)
-        _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-        _save_tensors(rng, tmp / "rng.safetensors")
-        with open(tmp / "state.json", "w") as f:
-            json.dump({**state, "step": step, "optimizer": opt_rest}, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        latest_tmp = root / "latest.tmp"
-        latest_tmp.write_text(final.name + "\n")
-        os.replace(latest_tmp, root / "latest")
-        fsync_dir(root)
+        with Staged("checkpoint", final, step=step) as op:
+            _remove_leftovers(root)
+            tmp = op.temp_dir()
+            _save_tensors(model, tmp / "model.safetensors")
+            _save_tensors(ema, tmp / "ema.safetensors")
+            opt_tensors, opt_rest = optimizer_to_flat(optimizer)
+            _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+            _save_tensors(rng, tmp / "rng.safetensors")
+            record = redact({**state, "step": step, "optimizer": opt_rest})  # key paths become key IDs
+            with open(tmp / "state.json", "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(tmp)
+            os.chmod(tmp, 0o755)
+            op.publish_dir(tmp, replace=True)
+            op.write_file(root / "latest", (final.name + "\n").encode("utf-8"))
+            fsync_dir(root)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         prev = find_latest(root)
         kept = f"; the checkpoint at step {prev[1]} is kept" if prev else ""
         raise OSError(e.errno, f"could not write the checkpoint for step {step} in {root} "
@@ -125,7 +143,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     out: dict[str, Any] = {}
     try:
-        state = json.loads((path / "state.json").read_text())
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         for name in ("model", "ema", "optimizer", "rng"):
             out[name] = load_file(str(path / f"{name}.safetensors"))
     except (OSError, json.JSONDecodeError, Exception) as e:  # safetensors raises its own error types

@@ -10,6 +10,9 @@
 - :func:`pack`, :func:`unpack` — tar bundles for crossing a boundary (``ebru pack/unpack``).
 - :func:`validate_file`, :func:`load_file` — the strict safetensors reader (``ebru inspect``).
 - :mod:`ebru.trust.audit` — the hash-chained audit log (``ebru audit verify``).
+- :mod:`ebru.trust.staging` — :class:`~ebru.trust.staging.Staged`, how every writer (packages,
+  signatures, bundles, keys, training checkpoints) avoids half-written output and audits abandoned writes.
+- :mod:`ebru.trust.redact` — key paths in configs become key IDs before anything is written.
 
 The package layout is described in :mod:`ebru.trust.manifest`, the signature format in
 :mod:`ebru.trust.signature`, the licence policy in :mod:`ebru.trust.license`, where settings

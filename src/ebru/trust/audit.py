@@ -13,7 +13,10 @@ line number. Cutting entries off the *end* leaves a valid shorter chain: keep th
 that ``verify`` prints somewhere else (a ticket, syslog, a second machine) and pass it back with
 ``--head`` to detect that too.
 
-Events: ``load``, ``refuse``, ``verify``, ``sign``, ``package``, ``pack``, ``unpack``.
+Events: ``load``, ``refuse``, ``verify``, ``sign``, ``package``, ``pack``, ``unpack``, and
+``abandon``: a write that was interrupted or failed (its ``action``, its ``path``, and the
+``error``: ``"interrupted"`` or the error's message), after its temporary files were removed
+(:mod:`ebru.trust.staging`).
 Appends take an exclusive ``flock`` on the log, so concurrent processes (DDP ranks, a server)
 keep the chain intact. The log is on by default (see :mod:`ebru.trust.settings`;
 ``EBRU_AUDIT_LOG=off`` turns it off); when it cannot be written, the operation being recorded
@@ -37,7 +40,7 @@ from .errors import AuditError
 from .strict_json import dumps_canonical, loads
 
 GENESIS = "0" * 64
-EVENTS = ("load", "refuse", "verify", "sign", "package", "pack", "unpack")
+EVENTS = ("load", "refuse", "verify", "sign", "package", "pack", "unpack", "abandon")
 _FIELDS = {"seq", "time", "event", "user", "host", "pid", "data", "prev", "hash"}
 
 

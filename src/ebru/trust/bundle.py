@@ -13,25 +13,28 @@ sparse files), a name with a path (``/``, ``..``) or one packages do not allow, 
 name, more than :data:`MAX_MEMBERS` members, and a truncated or damaged archive. Files go into
 a private temporary directory beside the destination; the result is verified like a load
 (manifest, signature by the trusted keys in force, strict weights) and only then renamed to the
-destination, which must not exist yet. On any failure the temporary directory is removed.
+destination, which must not exist yet.
+
+Both run as one :class:`~ebru.trust.staging.Staged` operation: on any failure or interruption
+(Ctrl-C included) the temporary tar or directory is removed, a bundle that was already at the
+destination stays as it was, and the audit log records the abandoned operation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
+from typing import IO
 
-from . import audit
 from .errors import BundleError, IntegrityError, TrustError
-from .files import CHUNK, fsync_dir, valid_name
+from .files import CHUNK, valid_name
 from .keys import TrustedKeys
 from .loader import verify_integrity
 from .manifest import SIGNATURE
+from .staging import Staged
 
 MAX_MEMBERS = 256
 
@@ -60,49 +63,64 @@ def _open_nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
 
 
+class _HashingWriter:
+    """The tar's file object: writes through, hashing exactly what was written."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data)
+        self.h.update(data)
+        self.n += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.n
+
+
 def pack(model_dir: str | os.PathLike, out: str | os.PathLike, *,
          trusted_keys: TrustedKeys | str | os.PathLike | None = None, allow_unsigned: bool = False) -> Path:
-    """Verify ``model_dir`` and write it as a tar bundle at ``out``; returns ``out``."""
+    """Verify ``model_dir`` and write it as a tar bundle at ``out``; returns ``out``.
+
+    On any error or interruption no temporary file is left, a file already at ``out`` is
+    unchanged, and the audit log records the abandoned pack.
+    """
     d, out = Path(model_dir), Path(out)
-    try:
+    with Staged("pack", out, path=os.path.abspath(d), bundle=os.path.abspath(out)) as op:
         pkg, signer, warnings = verify_integrity(d, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
         expected = dict(pkg.digests)
         if pkg.signature is not None:
             expected[SIGNATURE] = hashlib.sha256(pkg.signature).hexdigest()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as raw:
-                with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    for name in sorted(expected):
-                        with open(d / name, "rb", opener=_open_nofollow) as f:
-                            reader = _HashingReader(f)
-                            tar.addfile(_tarinfo(name, os.fstat(f.fileno()).st_size), reader)
-                        if reader.h.hexdigest() != expected[name]:
-                            raise IntegrityError(d / name, "changed while being packed")
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except (TrustError, OSError) as e:
-        audit.record("refuse", {"action": "pack", "path": os.path.abspath(d), "error": str(e)})
-        raise
-    for w in warnings:
-        print(f"ebru: warning: {w}", file=sys.stderr)
-    audit.record("pack", {"path": os.path.abspath(d), "bundle": os.path.abspath(out),
-                          "manifest_sha256": pkg.manifest_sha256, "signer": signer.key_id if signer else None,
-                          "bundle_sha256": _sha256_file(out)})
+        tmp = op.temp_file()
+        with open(tmp, "wb") as raw:
+            writer = _HashingWriter(raw)
+            with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name in sorted(expected):
+                    with open(d / name, "rb", opener=_open_nofollow) as f:
+                        reader = _HashingReader(f)
+                        tar.addfile(_tarinfo(name, os.fstat(f.fileno()).st_size), reader)
+                    if reader.h.hexdigest() != expected[name]:
+                        raise IntegrityError(d / name, "changed while being packed")
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o644)
+        op.publish_file(tmp)
+        for w in warnings:
+            print(f"ebru: warning: {w}", file=sys.stderr)
+        op.record("pack", {"path": os.path.abspath(d), "bundle": os.path.abspath(out),
+                           "manifest_sha256": pkg.manifest_sha256, "signer": signer.key_id if signer else None,
+                           "bundle_sha256": writer.h.hexdigest()})
     return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def _copy_member(src: IO[bytes], dst: IO[bytes], size: int) -> int:
+    """Copy at most ``size`` bytes of one member; returns how many were copied."""
+    copied = 0
+    while chunk := src.read(min(CHUNK, size - copied)):
+        dst.write(chunk)
+        copied += len(chunk)
+    return copied
 
 
 def _extract(bundle: Path, tmp: Path) -> None:
@@ -136,11 +154,8 @@ def _extract(bundle: Path, tmp: Path) -> None:
             assert src is not None
             fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
             with os.fdopen(fd, "wb") as dst:
-                copied = 0
                 try:
-                    while chunk := src.read(min(CHUNK, member.size - copied)):
-                        dst.write(chunk)
-                        copied += len(chunk)
+                    copied = _copy_member(src, dst, member.size)
                 except (tarfile.TarError, EOFError) as e:
                     raise BundleError(bundle, f"truncated archive: member {name!r} is cut short ({e})") from None
                 if copied != member.size:
@@ -158,35 +173,28 @@ def _extract(bundle: Path, tmp: Path) -> None:
 
 def unpack(bundle: str | os.PathLike, out_dir: str | os.PathLike, *,
            trusted_keys: TrustedKeys | str | os.PathLike | None = None, allow_unsigned: bool = False) -> Path:
-    """Extract and verify a bundle into the new directory ``out_dir``; returns it. Nothing is left on failure."""
+    """Extract and verify a bundle into the new directory ``out_dir``; returns it.
+
+    Nothing is left on failure or interruption (the private temporary directory is removed), and
+    the audit log records the abandoned unpack.
+    """
     bundle, out = Path(bundle), Path(out_dir)
-    tmp: Path | None = None
-    try:
+    with Staged("unpack", out, bundle=os.path.abspath(bundle)) as op:
         if not bundle.is_file():
             raise FileNotFoundError(f"bundle not found: {bundle}")
         if out.exists() or out.is_symlink():
             raise FileExistsError(f"{out} already exists; unpack into a new directory")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.unpack-"))
+        tmp = op.temp_dir()
         _extract(bundle, tmp)
         try:
             pkg, signer, warnings = verify_integrity(tmp, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned,
                                                      label=f"the package in {bundle}")
         except TrustError as e:  # name the bundle, not the temporary directory
             raise type(e)(bundle, f"{Path(e.path).name}: {e.reason}") from None
-        if out.exists():
-            raise FileExistsError(f"{out} appeared while unpacking; nothing was written there")
         os.chmod(tmp, 0o755)
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-        tmp = None
-    except (TrustError, OSError) as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        audit.record("refuse", {"action": "unpack", "bundle": os.path.abspath(bundle), "error": str(e)})
-        raise
-    for w in warnings:
-        print(f"ebru: warning: {w}", file=sys.stderr)
-    audit.record("unpack", {"bundle": os.path.abspath(bundle), "path": os.path.abspath(out),
-                            "manifest_sha256": pkg.manifest_sha256, "signer": signer.key_id if signer else None})
+        op.publish_dir(tmp, replace=False)
+        for w in warnings:
+            print(f"ebru: warning: {w}", file=sys.stderr)
+        op.record("unpack", {"bundle": os.path.abspath(bundle), "path": os.path.abspath(out),
+                             "manifest_sha256": pkg.manifest_sha256, "signer": signer.key_id if signer else None})
     return out

@@ -3,6 +3,11 @@
 Files are opened with ``O_NOFOLLOW`` and checked with ``fstat`` on the open descriptor, so a
 link swapped in after a directory listing is refused rather than followed. A file whose size
 differs from what its manifest says is refused before it is read.
+
+A file that is hashed in a streaming pass (too large to hold twice in memory) and read again
+later (the strict weights check of ``ebru verify``) is tied to the hashing pass by its
+:data:`Stamp` — device, inode, size, modification and change times of the open descriptor: a
+file replaced (renamed over) or written to in between has a different stamp and is refused.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import hashlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 from .errors import IntegrityError
 
 CHUNK = 1 << 20
+
+#: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of an open file: which file, in which state.
+Stamp = tuple[int, int, int, int, int]
 
 #: names a package file may have: plain, portable, no path separators, not hidden.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -86,37 +93,41 @@ def read_file(path: str | os.PathLike, expected_size: int | None = None, limit: 
     return data
 
 
-def hash_file(path: str | os.PathLike, expected_size: int | None = None) -> tuple[str, int]:
-    """Streamed SHA-256 and size of a regular file (no links), checking its size first."""
+def stamp_of(fd: int) -> Stamp:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_stamp(path: str | os.PathLike, fd: int, stamp: Stamp | None) -> None:
+    """Refuse if the open file ``fd`` is not the file, in the state, that ``stamp`` was taken of."""
+    if stamp is not None and stamp_of(fd) != stamp:
+        raise IntegrityError(path, "was replaced or changed after it was hashed; refused (check it again)")
+
+
+def hash_file_stamped(path: str | os.PathLike, expected_size: int | None = None) -> tuple[str, int, Stamp]:
+    """Streamed SHA-256, size and :data:`Stamp` of a regular file (no links), checking its size first."""
     p = Path(path)
     fd = _open_regular(p)
     h = hashlib.sha256()
     n = 0
     with os.fdopen(fd, "rb") as f:
         size = _check_size(p, fd, expected_size, None)
+        before = stamp_of(fd)
         while chunk := f.read(CHUNK):
             h.update(chunk)
             n += len(chunk)
-    if n != size:
-        raise IntegrityError(p, "changed size while being read")
-    return h.hexdigest(), n
+        if n != size:
+            raise IntegrityError(p, "changed size while being read")
+        after = stamp_of(fd)
+        if after != before:
+            raise IntegrityError(p, "changed while being read")
+    return h.hexdigest(), n, after
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it into place."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+def hash_file(path: str | os.PathLike, expected_size: int | None = None) -> tuple[str, int]:
+    """Streamed SHA-256 and size of a regular file (no links), checking its size first."""
+    digest, n, _ = hash_file_stamped(path, expected_size)
+    return digest, n
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -246,6 +246,26 @@ def load_signing_key(path: str | os.PathLike, passphrase: bytes | None = None,
     return SigningKey(key, kid, algorithm, fields.get("Name") or p.stem, p, expires)
 
 
+def key_id_of(sign_key: SigningKey | TrustedKey | str | os.PathLike) -> str | None:
+    """The key ID (public fingerprint) of a key object or key file, or None when it cannot be read.
+
+    For naming a key in records without its path: unlike :func:`load_signing_key` it accepts an
+    expired key (its ID is still its ID) and a public key file, and never raises. An encrypted
+    private key needs ``EBRU_KEY_PASSPHRASE``.
+    """
+    if isinstance(sign_key, SigningKey | TrustedKey):
+        return sign_key.key_id
+    try:
+        _, data, _ = _read_key_file(sign_key, "key file")
+        if b"PRIVATE KEY-----" in data:
+            key = serialization.load_pem_private_key(data, settings.passphrase()).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (KeyFileError, ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return key_id(key) if _algorithm(key) else None
+
+
 def generate_key(out_dir: str | os.PathLike, name: str, algorithm: str = "ed25519",
                  valid_days: float | None = 365.0, passphrase: bytes | None = None) -> tuple[Path, Path]:
     """Write ``NAME.key`` (0600) and ``NAME.pub`` into ``out_dir``; never overwrites. Returns both paths."""
@@ -271,22 +291,15 @@ def generate_key(out_dir: str | os.PathLike, name: str, algorithm: str = "ed2551
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())
     priv_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    _write_new(priv_path, _header(name, algorithm, kid, created, expires, True) + priv_pem, 0o600)
-    try:
-        _write_new(pub_path, _header(name, algorithm, kid, created, expires, False) + public_pem(private.public_key()),
-                   0o644)
-    except BaseException:
-        priv_path.unlink(missing_ok=True)
-        raise
+    pub_pem = public_pem(private.public_key())
+    from .staging import Staged
+
+    with Staged("keygen", priv_path) as op:  # both files or neither, even if interrupted
+        priv_tmp = op.stage_file(priv_path, _header(name, algorithm, kid, created, expires, True) + priv_pem, 0o600)
+        pub_tmp = op.stage_file(pub_path, _header(name, algorithm, kid, created, expires, False) + pub_pem, 0o644)
+        op.publish_new(priv_tmp, priv_path)
+        op.publish_new(pub_tmp, pub_path)
     return priv_path, pub_path
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- trusted keys

@@ -5,7 +5,9 @@ Order of checks, each refusal naming the file and the reason:
 1. **Manifest** — the directory is flat and holds regular files only (no links); every file is
    listed in ``manifest.json`` with its size and SHA-256, and matches it. Files are read once;
    the bytes that were hashed are the bytes that are parsed and loaded (no time-of-check /
-   time-of-use gap).
+   time-of-use gap). :meth:`LoadedModel.read` hands out those verified bytes for every other
+   file of the package (a tokenizer, a licence), so nothing built on a loaded model needs to
+   read the directory again.
 2. **Signature** — see *Unsigned packages* below.
 3. **Licence** — the card's licence and every licence along its ``base_model`` chain, against
    the licence policy (:mod:`ebru.trust.license`).
@@ -30,6 +32,12 @@ working for a newcomer, while an organisation turns on enforcement by installing
 one directory, no code or flag changes — after which every unsigned load needs an explicit,
 audited ``--allow-unsigned``. The manifest check, licence policy and strict read apply in both
 cases.
+
+*Whatever the key configuration*, a ``model.sig`` that is present is parsed strictly and
+compared with the files it claims to cover: a malformed signature, or a package changed after
+it was signed (a file added, removed or edited, ``manifest.json`` included), is refused. With
+no trusted keys, a signature that matches its files loads with a warning naming its key ID,
+which nothing here could check.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from .keys import TrustedKey, TrustedKeys, resolve_trusted_keys
 from .license import LicenseDecision, Policy, decide, load_policy
 from .manifest import CARD, CONFIG, SIGNATURE, WEIGHTS, CheckedPackage, Manifest, check_package
 from .safetensors_strict import SafetensorsInfo, load_bytes, validate_file
-from .signature import check_signed_files, verify_bundle
+from .signature import check_signed_files, parse_bundle, verify_envelope
 from .strict_json import loads
 
 if TYPE_CHECKING:
@@ -56,7 +64,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoadedModel:
-    """A verified model package. ``weights`` is empty when only verified (:func:`verify`)."""
+    """A verified model package. ``weights`` is empty when only verified (:func:`verify`).
+
+    ``files`` holds the verified bytes of the package's files (``manifest.json`` and
+    ``model.sig`` included) except the weights, which are in ``weights`` as tensors; read them
+    with :meth:`read`. After :func:`verify` it holds only ``config.json``, ``MODEL_CARD.md`` and
+    ``manifest.json``.
+    """
 
     path: Path
     config: dict[str, Any]
@@ -69,6 +83,23 @@ class LoadedModel:
     license: LicenseDecision
     weights_info: SafetensorsInfo
     warnings: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of package file ``name`` exactly as they were hashed and verified; never read from disk again.
+
+        Raises ``FileNotFoundError`` for a file the manifest does not list, and ``ValueError`` for
+        the weights (use ``weights``) or for a file a :func:`verify` result does not keep.
+        """
+        if name in self.files:
+            return self.files[name]
+        where = self.path / name
+        if name == WEIGHTS:
+            raise ValueError(f"{where}: the verified weights are in LoadedModel.weights (tensors); their bytes "
+                             "are not kept")
+        if name in self.manifest.files:
+            raise ValueError(f"{where}: not kept by ebru.trust.verify(); load the package with ebru.load to read it")
+        raise FileNotFoundError(f"{where}: not in this package (its manifest does not list it)")
 
     def __str__(self) -> str:
         return str(self.path)
@@ -96,27 +127,35 @@ def _signature_step(pkg: CheckedPackage, trusted: TrustedKeys | None, allow_unsi
                     warnings: list[str], label: str | None = None) -> TrustedKey | None:
     sig_path = pkg.path / SIGNATURE
     label = label or str(pkg.path)
-    if trusted is None:
-        what = "has a signature, but" if pkg.signature is not None else "is unsigned and"
-        warnings.append(f"{label} {what} no trusted keys are configured, so its origin was not checked "
-                        "(set EBRU_TRUSTED_KEYS or put .pub files in ~/.config/ebru/trusted_keys to require "
-                        "signatures)")
-        return None
+    how_to_enforce = ("set EBRU_TRUSTED_KEYS or put .pub files in ~/.config/ebru/trusted_keys to require "
+                      "signatures")
     if pkg.signature is None:
+        if trusted is None:
+            warnings.append(f"{label} is unsigned and no trusted keys are configured, so its origin was not checked "
+                            f"({how_to_enforce})")
+            return None
         if not allow_unsigned:
             raise SignatureError(sig_path, f"missing: the package is unsigned and trusted keys are configured "
                                            f"({trusted.source}); sign it with 'ebru sign' or pass --allow-unsigned")
         warnings.append(f"{label} is UNSIGNED; loaded only because unsigned packages were allowed")
         return None
-    try:
-        verified = verify_bundle(pkg.signature, sig_path, trusted)
-    except UntrustedKeyError as e:
-        if not allow_unsigned:
-            raise
-        warnings.append(f"{e.reason}; loaded as unsigned because unsigned packages were allowed")
-        return None
-    check_signed_files(verified, pkg.digests, sig_path)
-    return verified.signer
+    envelope = parse_bundle(pkg.signature, sig_path)  # a malformed model.sig is refused whatever the keys
+    if trusted is not None:
+        try:
+            verified = verify_envelope(envelope, sig_path, trusted)
+        except UntrustedKeyError as e:
+            if not allow_unsigned:
+                raise
+            check_signed_files(envelope.claimed_digests(sig_path)[0], pkg.digests, sig_path)
+            warnings.append(f"{e.reason}; loaded as unsigned because unsigned packages were allowed")
+            return None
+        check_signed_files(verified, pkg.digests, sig_path)
+        return verified.signer
+    # No keys to check who signed; what the signature claims to cover must still be these files.
+    check_signed_files(envelope.claimed_digests(sig_path)[0], pkg.digests, sig_path)
+    warnings.append(f"{label} is signed by key {envelope.key_id[:16]}…, but no trusted keys are configured, so the "
+                    f"signature and the package's origin were not checked ({how_to_enforce})")
+    return None
 
 
 def _check(model_dir: str | os.PathLike, policy: Policy | str | os.PathLike | None,
@@ -124,7 +163,7 @@ def _check(model_dir: str | os.PathLike, policy: Policy | str | os.PathLike | No
            acknowledge: tuple[str, ...] | list[str], materialise: bool) -> LoadedModel:
     d = Path(model_dir)
     warnings: list[str] = []
-    pkg = check_package(d, keep={CONFIG, CARD, WEIGHTS} if materialise else {CONFIG, CARD})
+    pkg = check_package(d, keep={CONFIG, CARD}, keep_all=materialise)
     signer = _signature_step(pkg, resolve_trusted_keys(trusted_keys), allow_unsigned, warnings)
     card = parse_card(pkg.contents[CARD], d / CARD)
     decision = decide(card, pkg.manifest.lineage, load_policy(policy), d / CARD, acknowledge)
@@ -133,16 +172,19 @@ def _check(model_dir: str | os.PathLike, policy: Policy | str | os.PathLike | No
         raise TrustError(d / CONFIG, "is not a JSON object")
     weights: dict[str, Tensor] = {}
     if materialise:
-        weights, info = load_bytes(pkg.contents[WEIGHTS], d / WEIGHTS)
+        weights, info = load_bytes(pkg.contents.pop(WEIGHTS), d / WEIGHTS)  # the bytes are not kept after this
     else:
-        info = validate_file(d / WEIGHTS)
+        info = validate_file(d / WEIGHTS, stamp=pkg.stamps[WEIGHTS])  # the file that was hashed, unchanged
     spec = info.metadata.get("modelspec.license")
     card_licence = card.license_name.lower() if card.license == "other" and card.license_name else card.license
     if spec is not None and spec.strip().lower() != card_licence:
         raise LicenseError(d / WEIGHTS, f"metadata modelspec.license {spec!r} disagrees with the card's licence "
                                         f"{card_licence!r}")
+    files = dict(pkg.contents)
+    if pkg.signature is not None:
+        files[SIGNATURE] = pkg.signature
     return LoadedModel(d, config, weights, dict(info.metadata), card, pkg.manifest, pkg.manifest_sha256, signer,
-                       decision, info, warnings)
+                       decision, info, warnings, files)
 
 
 def _audited(event: str, model_dir: str | os.PathLike, run: Any, quiet: bool) -> LoadedModel:
@@ -194,7 +236,7 @@ def verify_integrity(model_dir: str | os.PathLike, *, trusted_keys: TrustedKeys 
     warnings: list[str] = []
     pkg = check_package(d)
     signer = _signature_step(pkg, resolve_trusted_keys(trusted_keys), allow_unsigned, warnings, label)
-    validate_file(d / WEIGHTS)
+    validate_file(d / WEIGHTS, stamp=pkg.stamps[WEIGHTS])
     return pkg, signer, warnings
 
 

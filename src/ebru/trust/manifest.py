@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError
-from .files import hash_file, list_files, read_file, sha256_bytes, valid_name
+from .files import Stamp, hash_file_stamped, list_files, read_file, sha256_bytes, valid_name
 from .strict_json import loads
 
 FORMAT = "ebru-model-package/1"
@@ -146,8 +146,13 @@ def normalise_provenance(provenance: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def build_manifest(directory: str | os.PathLike, provenance: dict[str, Any] | None,
-                   lineage: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> Manifest:
-    """Hash every file of ``directory`` (except manifest and signature) into a new manifest."""
+                   lineage: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+                   stamps: dict[str, Stamp] | None = None) -> Manifest:
+    """Hash every file of ``directory`` (except manifest and signature) into a new manifest.
+
+    ``stamps``, if given, receives each hashed file's :data:`~ebru.trust.files.Stamp`, so later
+    checks of those files can insist on the bytes that were hashed.
+    """
     import ebru
 
     d = Path(directory)
@@ -157,8 +162,10 @@ def build_manifest(directory: str | os.PathLike, provenance: dict[str, Any] | No
             raise IntegrityError(d / req, "missing: a package needs config.json, model.safetensors and MODEL_CARD.md")
     files = {}
     for name in names:
-        digest, size = hash_file(d / name)
+        digest, size, stamp = hash_file_stamped(d / name)
         files[name] = FileEntry(digest, size)
+        if stamps is not None:
+            stamps[name] = stamp
     return Manifest(files, normalise_provenance(provenance), tuple(lineage), ebru.__version__, now_utc())
 
 
@@ -167,7 +174,9 @@ class CheckedPackage:
     """A package directory checked against its manifest.
 
     ``digests`` maps every signed file (all listed files plus ``manifest.json``) to its SHA-256;
-    ``contents`` holds the bytes of the files asked for, exactly the bytes that were hashed.
+    ``contents`` holds the bytes of the files asked for (and of ``manifest.json``), exactly the
+    bytes that were hashed; ``stamps`` the :data:`~ebru.trust.files.Stamp` of each file that was
+    hashed without being kept, for checks that must read it again.
     """
 
     path: Path
@@ -175,14 +184,16 @@ class CheckedPackage:
     digests: dict[str, str]
     contents: dict[str, bytes] = field(default_factory=dict)
     signature: bytes | None = None
+    stamps: dict[str, Stamp] = field(default_factory=dict)
 
     @property
     def manifest_sha256(self) -> str:
         return self.digests[MANIFEST]
 
 
-def check_package(directory: str | os.PathLike, keep: frozenset[str] | set[str] = frozenset()) -> CheckedPackage:
-    """Check a package against its manifest; keep the bytes of the files named in ``keep``.
+def check_package(directory: str | os.PathLike, keep: frozenset[str] | set[str] = frozenset(), *,
+                  keep_all: bool = False) -> CheckedPackage:
+    """Check a package against its manifest; keep the bytes of the files named in ``keep`` (all with ``keep_all``).
 
     Refuses (naming the file): a link, subdirectory or odd name; a missing or malformed
     manifest; a file not in the manifest; a listed file that is missing, or whose size or
@@ -208,18 +219,20 @@ def check_package(directory: str | os.PathLike, keep: frozenset[str] | set[str] 
 
     digests: dict[str, str] = {}
     contents: dict[str, bytes] = {}
+    stamps: dict[str, Stamp] = {}
     for name, entry in sorted(manifest.files.items()):
         p = d / name
-        if name in keep:
-            limit = None if name == WEIGHTS else MAX_TEXT_FILE_BYTES
+        if keep_all or name in keep:
+            limit = MAX_TEXT_FILE_BYTES if name in (CONFIG, CARD) else None
             contents[name] = read_file(p, expected_size=entry.size, limit=limit)
             digest = sha256_bytes(contents[name])
         else:
-            digest, _ = hash_file(p, expected_size=entry.size)
+            digest, _, stamps[name] = hash_file_stamped(p, expected_size=entry.size)
         if digest != entry.sha256:
             raise IntegrityError(p, f"SHA-256 {digest[:16]}… does not match the manifest's {entry.sha256[:16]}…: "
                                     "the file was changed")
         digests[name] = digest
     digests[MANIFEST] = sha256_bytes(manifest_bytes)
+    contents[MANIFEST] = manifest_bytes
     signature = read_file(d / SIGNATURE, limit=MAX_SIGNATURE_BYTES) if SIGNATURE in names else None
-    return CheckedPackage(d, manifest, digests, contents, signature)
+    return CheckedPackage(d, manifest, digests, contents, signature, stamps)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import UnsafeFileError
+from .files import Stamp, check_stamp
 from .strict_json import loads
 
 if TYPE_CHECKING:
@@ -237,8 +238,13 @@ def validate_bytes(data: bytes, path: str | os.PathLike = "<bytes>") -> Safetens
     return _validate(io.BytesIO(data), len(data), path)
 
 
-def validate_file(path: str | os.PathLike) -> SafetensorsInfo:
-    """Validate a safetensors file on disk, reading only its header (and its tail, for ZIP polyglots)."""
+def validate_file(path: str | os.PathLike, stamp: Stamp | None = None) -> SafetensorsInfo:
+    """Validate a safetensors file on disk, reading only its header (and its tail, for ZIP polyglots).
+
+    ``stamp``: the :data:`~ebru.trust.files.Stamp` of the pass that hashed the file; a file replaced
+    or written to since then is refused (:class:`~ebru.trust.errors.IntegrityError`), so what is
+    validated is what was hashed.
+    """
     p = Path(path)
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -250,7 +256,10 @@ def validate_file(path: str | os.PathLike) -> SafetensorsInfo:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeFileError(p, "is not a regular file")
-        return _validate(f, st.st_size, p)
+        check_stamp(p, f.fileno(), stamp)
+        info = _validate(f, st.st_size, p)
+        check_stamp(p, f.fileno(), stamp)
+        return info
 
 
 # --------------------------------------------------------------------------- loading

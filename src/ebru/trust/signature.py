@@ -27,7 +27,10 @@ that order. The key ID in ``hint`` is SHA-256 of the signer's PEM public key.
 Verification is strict: unknown fields anywhere in the bundle or statement, non-canonical
 base64, more than one signature, transparency-log entries, an unknown key ID, an expired key,
 a signature that fails, a root digest that does not match its resources, or a resource set
-that differs from the directory in any file or digest — each is refused. OMS verifiers
+that differs from the directory in any file or digest — each is refused. Where no key can
+check the signature (no trusted keys configured, or an unknown signer accepted as unsigned),
+:func:`parse_bundle` and :meth:`Envelope.claimed_digests` still parse it strictly and
+:func:`check_signed_files` still compares what it lists with the files. OMS verifiers
 support only ECDSA keys, so OMS interoperability needs ``ecdsa-p256`` keys; Ed25519 works
 within ebru.
 """
@@ -133,12 +136,31 @@ def _b64(value: Any, what: str, path: str | os.PathLike) -> bytes:
     return raw
 
 
-def verify_bundle(data: bytes, path: str | os.PathLike, trusted: TrustedKeys,
-                  now: datetime | None = None) -> VerifiedSignature:
-    """Check a ``model.sig``'s signature against the trusted keys; return the signed digests.
+@dataclass(frozen=True)
+class Envelope:
+    """A structurally valid ``model.sig``, not yet checked against any key.
 
-    Raises :class:`UntrustedKeyError` for a well-formed signature by a key that is not trusted
-    (unknown or expired), and :class:`SignatureError` for everything else.
+    ``key_id`` is the signer's key ID as the bundle claims it (the key hint); ``payload`` the
+    signed statement's bytes; ``sig`` the raw signature over its DSSE encoding.
+    """
+
+    key_id: str
+    payload: bytes
+    sig: bytes
+
+    def claimed_digests(self, path: str | os.PathLike) -> tuple[dict[str, str], str]:
+        """The file digests the statement lists (and the subject name), *without* checking the signature.
+
+        What a signature claims to cover can be compared with the files even where no key can
+        check who made it: a mismatch means the package was changed after signing.
+        """
+        return _statement_digests(self.payload, path)
+
+
+def parse_bundle(data: bytes, path: str | os.PathLike) -> Envelope:
+    """Parse a ``model.sig`` strictly (fields, media types, one signature, canonical base64), without keys.
+
+    Raises :class:`SignatureError` for anything malformed.
     """
     bundle = _fields(loads(data, path, "signature bundle", SignatureError), "the bundle",
                      {"mediaType", "verificationMaterial", "dsseEnvelope"}, set(), path)
@@ -161,18 +183,38 @@ def verify_bundle(data: bytes, path: str | os.PathLike, trusted: TrustedKeys,
         raise SignatureError(path, "the signature's keyid differs from the bundle's key hint")
     payload = _b64(envelope["payload"], "the payload", path)
     sig = _b64(entry["sig"], "the signature", path)
+    return Envelope(hint, payload, sig)
 
-    key = trusted.get(hint)
+
+def verify_envelope(env: Envelope, path: str | os.PathLike, trusted: TrustedKeys,
+                    now: datetime | None = None) -> VerifiedSignature:
+    """Check a parsed signature against the trusted keys; return the signed digests.
+
+    Raises :class:`UntrustedKeyError` for a signature by a key that is not trusted (unknown or
+    expired), and :class:`SignatureError` for a signature that does not verify or a malformed statement.
+    """
+    key = trusted.get(env.key_id)
     if key is None:
-        raise UntrustedKeyError(path, f"signed by key {hint[:16]}…, which is not among the trusted keys "
+        raise UntrustedKeyError(path, f"signed by key {env.key_id[:16]}…, which is not among the trusted keys "
                                       f"({trusted.source})")
     if key.expired(now):
         raise UntrustedKeyError(path, f"signed by {key.describe()}, which expired on {key.expires:%Y-%m-%d} "
                                       f"({key.path})")
-    if not verify_bytes(key.key, sig, pae(PAYLOAD_TYPE, payload)):
+    if not verify_bytes(key.key, env.sig, pae(PAYLOAD_TYPE, env.payload)):
         raise SignatureError(path, f"the signature does not verify with {key.describe()}: the signature or its "
                                    "statement was changed")
-    return VerifiedSignature(key, *_statement_digests(payload, path))
+    return VerifiedSignature(key, *_statement_digests(env.payload, path))
+
+
+def verify_bundle(data: bytes, path: str | os.PathLike, trusted: TrustedKeys,
+                  now: datetime | None = None) -> VerifiedSignature:
+    """Check a ``model.sig``'s signature against the trusted keys; return the signed digests.
+
+    :func:`parse_bundle` then :func:`verify_envelope`: raises :class:`UntrustedKeyError` for a
+    well-formed signature by a key that is not trusted (unknown or expired), and
+    :class:`SignatureError` for everything else.
+    """
+    return verify_envelope(parse_bundle(data, path), path, trusted, now)
 
 
 def _statement_digests(payload: bytes, path: str | os.PathLike) -> tuple[dict[str, str], str]:
@@ -208,15 +250,22 @@ def _statement_digests(payload: bytes, path: str | os.PathLike) -> tuple[dict[st
     return digests, name
 
 
-def check_signed_files(verified: VerifiedSignature, digests: dict[str, str], path: str | os.PathLike) -> None:
-    """Refuse unless the signed file set and digests equal the directory's (``model.sig`` excluded)."""
-    signed, actual = verified.digests, digests
+def check_signed_files(verified: VerifiedSignature | dict[str, str], digests: dict[str, str],
+                       path: str | os.PathLike) -> None:
+    """Refuse unless the signed file set and digests equal the directory's (``model.sig`` excluded).
+
+    ``verified``: a verified signature, or the digests a signature claims (:meth:`Envelope.claimed_digests`).
+    """
+    signed = verified.digests if isinstance(verified, VerifiedSignature) else verified
+    actual = digests
+    tail = "; the signature does not match the package's files"
     unsigned = sorted(actual.keys() - signed.keys())
     if unsigned:
-        raise SignatureError(path, f"{unsigned[0]} is not covered by the signature (added after signing)")
+        raise SignatureError(path, f"{unsigned[0]} is not covered by the signature (added after signing){tail}")
     missing = sorted(signed.keys() - actual.keys())
     if missing:
-        raise SignatureError(path, f"{missing[0]} is signed but missing from the package")
+        raise SignatureError(path, f"{missing[0]} is signed but missing from the package{tail}")
     changed = [name for name in sorted(actual) if actual[name] != signed[name]]
     if changed:
-        raise SignatureError(path, f"{changed[0]} differs from the signed file (SHA-256 mismatch)")
+        raise SignatureError(path, f"{changed[0]} differs from the signed file (SHA-256 mismatch; changed after "
+                                   f"signing){tail}")
