@@ -8,15 +8,15 @@ No Inception weights can be had offline, so ebru trains this network itself
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ebru.data.hashing import sha256_file
+from ebru.trust import load_bytes
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS = WEIGHTS_DIR / "fmnist_features.safetensors"
@@ -51,17 +51,22 @@ class FashionFeatureNet(nn.Module):
 
 
 def load_feature_net(device: str | torch.device = "cpu") -> FashionFeatureNet:
-    """The shipped network, verified against its recorded SHA-256 before loading."""
+    """The shipped network, verified against its recorded SHA-256 before loading.
+
+    The weights file is read once: the bytes that are hashed are the bytes that are loaded (through
+    ebru's strict safetensors reader), so a file swapped after the check is never used.
+    """
     if not WEIGHTS.is_file() or not WEIGHTS_INFO.is_file():
         raise FileNotFoundError(f"feature network weights missing in {WEIGHTS_DIR}: "
                                 "train them with `python -m ebru.eval.train_feature_net`")
     info = json.loads(WEIGHTS_INFO.read_text(encoding="utf-8"))
-    digest = sha256_file(WEIGHTS)
+    data = WEIGHTS.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if digest != info["sha256"]:
         raise ValueError(f"{WEIGHTS} has SHA-256 {digest[:16]}..., expected {info['sha256'][:16]}... "
                          "(edited or damaged weights)")
     net = FashionFeatureNet()
-    net.load_state_dict(load_file(str(WEIGHTS)))
+    net.load_state_dict(load_bytes(data, WEIGHTS)[0])
     net.sha256 = digest
     net.test_accuracy = info.get("test_accuracy")
     return net.to(device).eval()
