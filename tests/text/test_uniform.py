@@ -38,7 +38,7 @@ def test_continuous_elbo_is_the_limit_of_the_discrete_elbo():
     M = 4000
     t = (torch.arange(M, dtype=torch.float64) + 0.5) / M
     z = torch.arange(N)
-    f = proc.loss(table[z].repeat(M, 1)[:, None].float(), torch.full((M * N, 1), x),
+    f = proc.nelbo_at(table[z].repeat(M, 1)[:, None].float(), torch.full((M * N, 1), x),
                   z.repeat(M)[:, None], t.repeat_interleave(N).float()).double().view(M, N)
     q = torch.stack([marg(1 - float(s), ex) for s in t])
     continuous = float((q * f).sum(1).mean())
@@ -67,8 +67,8 @@ def test_perfect_prediction_costs_nothing_and_loss_is_nonnegative():
     zt = torch.randint(0, 5, (4, 6))
     t = torch.rand(4) * 0.9 + 0.05
     perfect = torch.nn.functional.one_hot(x0, 5).float() * 40
-    assert proc.loss(perfect, x0, zt, t).abs().max() < 1e-4
-    assert (proc.loss(torch.randn(4, 6, 5), x0, zt, t) > 0).all()
+    assert proc.nelbo_at(perfect, x0, zt, t).abs().max() < 1e-4
+    assert (proc.nelbo_at(torch.randn(4, 6, 5), x0, zt, t) > 0).all()
 
 
 def test_posterior_is_bayes():

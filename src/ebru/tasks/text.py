@@ -6,8 +6,10 @@ generator (window starts, diffusion times, mask draws, noise tokens), ``loss()``
 it, ``preview()`` samples, ``export()`` the model package. So text runs get the same budgets,
 EMA, atomic checkpoints, exact resume and DDP as image runs.
 
-The loss is in nats per token: the NELBO estimate for the diffusion processes, the exact
-NLL for ``ar``.
+Everything that differs between the text processes (what is random in a batch, the loss,
+the network's attention, the default decoder) is the process object's (``ebru.text.PROCESSES``);
+this task only cuts training windows out of the corpus. The loss is in nats per token: the
+NELBO estimate for the diffusion processes, the exact NLL for ``ar``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch import Tensor, nn
 
 from ebru.nets.transformer import Transformer
 from ebru.text import CorpusMissingError, TextConfig, TextCorpus, TextModel, load_corpus, train_tokenizer
-from ebru.text.masked import low_discrepancy
-from ebru.text.model import DEFAULT_DECODER, make_process, model_dir_config, net_config, save_model_dir
+from ebru.text.model import model_dir_config, net_config, save_model_dir
+from ebru.text.process import make_process
 
 from .base import TASKS, TrainState, code_revision
 
@@ -60,45 +62,32 @@ class TextTask:
         self.process = make_process(t.process, self.tokenizer.vocab_size, block_size=t.block_size, eps=t.eps)
 
     def build(self) -> tuple[nn.Module, nn.Module]:
+        """The transformer (its config from the process and ``[model]``); trained and called as it is."""
         net = Transformer(self.net_config).to(self.device)
         return net, net
 
     def draw(self, batch_size: int, g: torch.Generator) -> dict[str, Tensor]:
-        B, L, kind = batch_size, self.text.context, self.text.process
-        batch = {"start": torch.randint(len(self.tokens) - L + 1, (B,), generator=g)}
-        if kind == "masked":
-            t = low_discrepancy(B, g, self.text.eps)
-            batch["t"] = t[torch.randperm(B, generator=g)]  # strata are not tied to rows (or devices)
-        elif kind == "block":
-            batch["t"] = self.process.sample_t(B, L, g)
-        elif kind == "uniform":
-            t = self.process.sample_t(B, g)
-            batch["t"] = t[torch.randperm(B, generator=g)]
-            batch["noise"] = torch.randint(self.tokenizer.vocab_size, (B, L), generator=g)
-        if kind != "ar":
-            batch["u"] = torch.rand(B, L, generator=g)
+        """``start`` (B,): window starts in the token stream, then the process's draws (``process.draw``).
+
+        All from ``g``, in that order, so a run resumes bit for bit.
+        """
+        L = self.text.context
+        batch = {"start": torch.randint(len(self.tokens) - L + 1, (batch_size,), generator=g)}
+        batch.update(self.process.draw(batch_size, L, g))
         return batch
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
+        """The mean loss (0-d, nats per token) of the slice ``part`` of ``batch``, by ``process.loss``."""
         L = self.text.context
         start = batch["start"][part].to(self.device)
         x0 = self.tokens[start[:, None] + torch.arange(L, device=self.device)]
-        kind, p = self.text.process, self.process
-        get = {k: v[part].to(self.device) for k, v in batch.items() if k != "start"}
-        if kind == "ar":
-            logits = model(p.inputs(x0))
-            return torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), x0)
-        if kind == "uniform":
-            zt = p.corrupt(x0, get["t"], get["u"], get["noise"])
-            return p.loss(model(zt), x0, zt, get["t"]) / L
-        xt = p.corrupt(x0, get["t"], get["u"])
-        logits = p.logits(model, xt, x0) if kind == "block" else model(xt)
-        return p.loss(logits, x0, xt, get["t"]) / L
+        drawn = {k: v[part].to(self.device) for k, v in batch.items() if k != "start"}
+        return self.process.loss(model, x0, drawn)
 
     # ---------------------------------------------------------------------------------- outputs
     def model(self, net: nn.Module) -> TextModel:
         """``net`` (e.g. ``state.ema``) with this run's tokenizer and process, ready to generate."""
-        return TextModel(net, self.tokenizer, self.text.process, block_size=self.text.block_size, eps=self.text.eps)
+        return TextModel(net, self.tokenizer, self.process)
 
     def preview(self, state: TrainState, stem: Path, num: int = 2) -> Path:
         """``<stem>.txt`` with ``num`` samples from the EMA weights."""
@@ -119,7 +108,7 @@ class TextTask:
         model = self.model(state.ema)
         final_loss = state.final_loss
         sampling = {"length": min(t.sample_length, t.context), "steps": t.sample_steps,
-                    "decoder": t.sample_decoder or DEFAULT_DECODER[t.process]}
+                    "decoder": t.sample_decoder or self.process.default_decoder}
         training = {"steps": state.step, "sequences": state.items_seen, "tokens": state.items_seen * t.context,
                     "minutes": round(state.elapsed / 60, 2), "final_loss": final_loss, "dataset": corpus.source,
                     "corpus": corpus.name, "dataset_hash": corpus.content_hash, "held_out": corpus.held_out_name,

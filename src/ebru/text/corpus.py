@@ -53,14 +53,17 @@ class TextCorpus:
 
     @property
     def train_text(self) -> str:
+        """The training documents joined by ``separator``: one stream of text."""
         return self.separator.join(self.train)
 
     @property
     def held_out_text(self) -> str:
+        """The held-out documents joined by ``separator`` (for bits per character)."""
         return self.separator.join(self.held_out)
 
     @property
     def content_hash(self) -> str:
+        """SHA-256 (hex) of every document, training then held out, as UTF-8: the corpus's identity."""
         h = hashlib.sha256()
         for part in (*self.train, "\x00held-out\x00", *self.held_out):
             h.update(part.encode("utf-8"))
@@ -69,6 +72,7 @@ class TextCorpus:
 
 
 def data_root() -> Path:
+    """Where unpacked corpora live: ``$EBRU_TEXT_DATA`` or ``/usr/local/share/ebru/text``."""
     return Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT))
 
 
@@ -124,6 +128,7 @@ def austen_books() -> dict[str, str]:
 
 
 def austen() -> TextCorpus:
+    """Jane Austen's novels; *Persuasion* held out. Raises :class:`CorpusMissingError` naming the install step."""
     books = austen_books()
     held = "Persuasion"
     return TextCorpus("austen", [t for k, t in books.items() if k != held], [books[held]], held,
@@ -134,6 +139,7 @@ FORTUNES_DIR = Path("/usr/share/games/fortunes")
 
 
 def fortunes(root: str | Path = FORTUNES_DIR) -> TextCorpus:
+    """The quotes of the fortunes files under ``root`` (UTF-8, bad bytes replaced); every 20th held out."""
     root = Path(root)
     files = sorted(p for p in root.glob("*") if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
     if not files:
@@ -149,6 +155,7 @@ def fortunes(root: str | Path = FORTUNES_DIR) -> TextCorpus:
 
 
 def bible() -> TextCorpus:
+    """The KJV Bible, one document per book, from the ``bible`` program (UTF-8); Revelation held out."""
     exe = shutil.which("bible")
     if exe is None:
         raise CorpusMissingError("the KJV Bible is not installed: run 'make data' as root, "
@@ -170,6 +177,10 @@ def bible() -> TextCorpus:
 
 
 def folder(path: str | Path) -> TextCorpus:
+    """Every non-empty UTF-8 text file under ``path`` (sorted; files that are not UTF-8 are skipped as binary).
+
+    The last file is held out, or the last tenth of a single file.
+    """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise CorpusMissingError(f"text folder not found: {root}")

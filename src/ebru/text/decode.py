@@ -26,16 +26,17 @@ whose masks lie in different blocks, which share the batch's blocks and their st
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from ebru.checks import finite_number, one_of, optional_positive_int, positive_int
+
 from .errors import TextInputError
+from .process import Callback
 from .sampling import check_sampling, draw_groups, generators, uniform_groups
 
 DECODERS = ("ancestral", "confidence", "threshold")
-Callback = Callable[[dict[str, Any]], None]
 
 
 def split_steps(total: int, parts: int) -> list[int]:
@@ -66,9 +67,8 @@ class WindowPlan:
     """
 
     def __init__(self, decoder: str, steps: int, masked: Tensor, threshold: float):
-        """``masked``: (B, W) bool, the window's masks when its decoding starts."""
-        if decoder not in DECODERS:
-            raise TextInputError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+        """``masked``: (B, W) bool, the window's masks when its decoding starts; ``decoder`` one of ``DECODERS``."""
+        one_of("decoder", decoder, DECODERS, error=TextInputError)
         self.decoder, self.steps, self.threshold = decoder, steps, threshold
         n = masked.sum(1, keepdim=True)
         self.counts = n // steps + (torch.arange(steps, device=n.device) < n % steps)  # (B, steps): reveal_counts
@@ -110,9 +110,15 @@ def reveal(window: Tensor, logits: Tensor, mask_id: int, plan: WindowPlan, k: in
     return keep
 
 
-def check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise TextInputError(f"steps must be a positive integer, got {steps!r}")
+def check_steps(steps: int) -> int:
+    """``steps`` if it is a positive integer, else :class:`TextInputError` (``ebru.checks.positive_int``)."""
+    return positive_int("steps", steps, error=TextInputError)
+
+
+def check_threshold(threshold: float) -> float:
+    """The confidence ``threshold`` of the ``threshold`` decoder if it is a number in [0, 1], else
+    :class:`TextInputError` (a NaN would never be reached and silently decode one token per step)."""
+    return finite_number("threshold", threshold, minimum=0, maximum=1, error=TextInputError)
 
 
 @torch.no_grad()
@@ -120,13 +126,18 @@ def masked_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, mask_id
                   decoder: str = "confidence", block_length: int | None = None, threshold: float = 0.9,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                   seeds: int | list[int] = 0, callback: Callback | None = None) -> tuple[Tensor, int]:
-    """Fill the masks of ``canvas`` (B,T); returns the tokens and the number of network calls."""
+    """Fill the masks of ``canvas`` (B,T); returns the tokens (B,T) and the number of network calls.
+
+    ``logits_fn`` maps tokens (B,T) to logits (B,T,V) over the real tokens (``mask_id`` is V). The
+    decoders are in the module docstring: MDLM's ancestral sampler (Sahoo et al. 2024), LLaDA's
+    low-confidence remasking (Nie et al. 2025), Fast-dLLM's threshold (Wu et al. 2025). Raises
+    :class:`TextInputError` for bad steps, decoder (naming the nearest), block length or sampling settings.
+    """
     check_steps(steps)
     check_sampling(temperature, top_k, top_p)
-    if decoder not in DECODERS:
-        raise TextInputError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
-    if block_length is not None and block_length <= 0:
-        raise TextInputError(f"block_length must be a positive integer, got {block_length}")
+    check_threshold(threshold)
+    one_of("decoder", decoder, DECODERS, error=TextInputError)
+    optional_positive_int("block_length", block_length, error=TextInputError)
     x = canvas.clone()
     B, T = x.shape
     gens = generators(seeds, B, x.device)

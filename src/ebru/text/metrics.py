@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .masked import low_discrepancy
 from .model import TextModel
 
 
@@ -36,43 +35,23 @@ def _windows(ids: list[int], length: int, limit: int | None) -> Tensor:
 
 @torch.no_grad()
 def sequence_nats(model: TextModel, x: Tensor, samples: int = 4, generator: torch.Generator | None = None) -> Tensor:
-    """-log p(x) per row (AR, exact) or its NELBO upper bound (diffusion), in nats: (B,) float64."""
-    net, p, kind = model.net, model.process, model.kind
-    x = x.to(model.device)
-    if kind == "ar":
-        return p.nll(net, x).double()
-    if kind == "masked":
-        return p.nelbo_exact_count(net, x, samples, generator)
-    B, L = x.shape
-    total = torch.zeros(B, dtype=torch.float64, device=x.device)
-    for k in range(samples):
-        if kind == "block":  # per block: exactly l ~ U{1..|block|} masks (stratified), weight |block| / l
-            b = p.block_size
-            blk = torch.arange(L, device=x.device) // b
-            size = torch.bincount(blk).double()[blk]  # size of each position's block (the last may be short)
-            draw = torch.rand(B, int(blk[-1]) + 1, generator=generator, dtype=torch.float64).to(x.device)
-            frac = (k + draw) / samples
-            n_mask = (frac * size[::b][None]).floor().clamp(min=0) + 1
-            n_mask = torch.minimum(n_mask, size[::b][None])[:, blk]
-            u = torch.rand(B, L, generator=generator).to(x.device) + blk[None].float() * 2  # rank within each block
-            rank = u.argsort(1).argsort(1) - (blk * b)[None]
-            xt = torch.where(rank < n_mask, torch.full_like(x, p.mask_id), x)
-            ce = p.masked_ce(p.logits(net, xt, x), x, xt).double()
-            total += (ce * size[None] / n_mask).sum(1)
-        else:  # uniform: stratified times, the NELBO integrand
-            t = low_discrepancy(B, generator, p.eps)[torch.randperm(B, generator=generator)].clamp(max=1 - 1e-4)
-            u = torch.rand(B, L, generator=generator)
-            noise = torch.randint(p.vocab_size, (B, L), generator=generator)
-            t, u, noise = t.to(x.device), u.to(x.device), noise.to(x.device)
-            zt = p.corrupt(x, t, u, noise)
-            total += p.loss(net(zt), x, zt, t).double()
-    return total / samples
+    """-log p(x) per row (``process.exact``, e.g. AR) or its NELBO upper bound (diffusion), in nats: (B,) float64.
+
+    ``x``: (B, L) token ids; the process's :meth:`~ebru.text.process.TextProcess.nelbo` averages
+    ``samples`` Monte-Carlo draws from ``generator``.
+    """
+    return model.process.nelbo(model.net, x.to(model.device), samples, generator)
 
 
 @torch.no_grad()
 def bits_per_char(model: TextModel, text: str, *, windows: int | None = 64, samples: int = 4, batch: int = 16,
                   seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Bits per character of ``text`` under ``model`` (``bound`` is True for diffusion models)."""
+    """Bits per character of ``text`` under ``model`` over ``windows`` context-length windows.
+
+    Returns ``bpc`` (bits per character), ``nats_per_token``, ``bound`` (True unless the process's
+    likelihood is exact: report the value with "<="), window, token and character counts and the
+    Monte-Carlo ``samples`` per window. MDLM's BPD metric (Sahoo et al. 2024): NELBO / ln 2 per character.
+    """
     x = _windows(model.encode(text), model.context, windows)
     g = torch.Generator().manual_seed(seed)
     nats, chars = 0.0, 0
@@ -86,15 +65,20 @@ def bits_per_char(model: TextModel, text: str, *, windows: int | None = 64, samp
         nats += float(sequence_nats(model, xb, samples, g).sum())
         chars += sum(len(model.tokenizer.decode(r.tolist())) for r in xb)
     tokens = x.numel()
-    return {"bpc": nats / math.log(2) / chars, "nats_per_token": nats / tokens, "bound": model.kind != "ar",
-            "windows": len(x), "tokens": tokens, "chars": chars, "samples": 1 if model.kind == "ar" else samples}
+    exact = model.process.exact
+    return {"bpc": nats / math.log(2) / chars, "nats_per_token": nats / tokens, "bound": not exact,
+            "windows": len(x), "tokens": tokens, "chars": chars, "samples": 1 if exact else samples}
 
 
 @torch.no_grad()
 def generative_perplexity(judge: TextModel, texts: list[str]) -> float:
-    """exp(mean NLL per token) of ``texts`` under the AR ``judge`` (each truncated to its context)."""
-    if judge.kind != "ar":
-        raise ValueError("the judge of generative perplexity must be an autoregressive model")
+    """exp(mean NLL per token) of ``texts`` under the AR ``judge`` (each truncated to its context).
+
+    Raises ``ValueError`` when the judge's likelihood is not exact (``process.exact``: an autoregressive model).
+    """
+    if not judge.process.exact:
+        raise ValueError(f"the judge of generative perplexity must be an autoregressive model (an exact "
+                         f"likelihood), not {judge.process.article} {judge.process.title} model")
     nats, count = 0.0, 0
     for text in texts:
         ids = judge.encode(text)[: judge.context]
@@ -107,7 +91,7 @@ def generative_perplexity(judge: TextModel, texts: list[str]) -> float:
 
 
 def unigram_entropy(rows: Tensor | list[list[int]]) -> float:
-    """Mean over samples of the entropy (bits) of each sample's token histogram."""
+    """Mean over samples of the entropy (bits) of each sample's token histogram (rows: (B, T) token ids)."""
     ents = []
     for r in rows:
         r = torch.as_tensor(r)

@@ -1,6 +1,6 @@
 """A trained text model: tokenizer + transformer + process, saved as a model package.
 
-The package has the shape of ebru's image model packages (``ebru.train.export``)::
+The package has the shape of ebru's image model packages (``ebru.tasks.image``)::
 
     config.json        kind, process, network sizes, tokenizer, default sampling, training record
     model.safetensors  the (EMA) weights
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,43 +26,43 @@ import torch
 from torch import Tensor
 
 import ebru
+from ebru.checks import positive_int
 from ebru.nets.transformer import Transformer, TransformerConfig
 
-from .ar import Autoregressive, ar_decode
-from .block import BlockDiffusion, block_decode
-from .decode import Callback, check_steps, masked_decode
+from . import ar, block, masked, uniform  # noqa: F401 - each registers its process in PROCESSES
 from .errors import TextInputError
 from .infill import parse_template
-from .masked import MaskedDiffusion
-from .tokenizer import TOKENIZER_FILE, load_tokenizer
-from .uniform import UniformDiffusion, uniform_decode
+from .process import PROCESSES, Callback, TextProcess, make_process
+from .tokenizer import TOKENIZER_FILE
 
 MODEL_CONFIG = "config.json"
-DEFAULT_DECODER = {"masked": "confidence", "block": "confidence", "uniform": "confidence", "ar": "ar"}
-DESCRIPTION = {
-    "masked": "masked (absorbing-state) diffusion language model (MDLM/LLaDA-style, SUBS, continuous-time ELBO)",
-    "block": "block diffusion language model (BD3-LM-style: autoregressive over blocks, masked diffusion within)",
-    "uniform": "uniform-noise discrete diffusion language model (continuous-time ELBO)",
-    "ar": "autoregressive transformer language model (the baseline of ebru's text diffusion models)",
-}
+PACKAGE_KINDS = tuple(dict.fromkeys(p.package_kind for p in PROCESSES.values()))  # config.json kinds of text models
 
 
-def make_process(kind: str, vocab_size: int, *, block_size: int = 16, eps: float = 1e-3):
-    if kind == "masked":
-        return MaskedDiffusion(vocab_size, eps)
-    if kind == "block":
-        return BlockDiffusion(vocab_size, block_size, eps)
-    if kind == "uniform":
-        return UniformDiffusion(vocab_size, eps)
-    if kind == "ar":
-        return Autoregressive(vocab_size)
-    raise ValueError(f"unknown text process {kind!r}; valid: masked, uniform, block, ar")
+class _DefaultDecoders(Mapping[str, str]):
+    """Read-only ``{process name: its default decoder}``, always in step with ``PROCESSES``."""
+
+    def __getitem__(self, name: str) -> str:
+        return PROCESSES[name].default_decoder
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROCESSES)
+
+    def __len__(self) -> int:
+        return len(PROCESSES)
+
+
+DEFAULT_DECODER: Mapping[str, str] = _DefaultDecoders()  # kept for callers; prefer ``process.default_decoder``
 
 
 def net_config(kind: str, vocab_size: int, context: int, model: dict[str, Any]) -> dict[str, Any]:
-    """The transformer config of a text model: ``model`` sizes plus what the process fixes."""
-    proc = make_process(kind, vocab_size)
-    fixed = {"vocab_size": proc.input_vocab, "out_size": vocab_size, "context": context, "causal": kind == "ar"}
+    """The transformer config (a dict) of a text model: ``model`` sizes plus what the process fixes.
+
+    ``kind`` names a process of ``PROCESSES`` (its :meth:`~ebru.text.process.TextProcess.network`
+    fixes the vocabulary, the context of ``context`` tokens and the causal mask). Raises
+    ``ValueError`` when ``model`` sets one of those to something else, or for an unknown process.
+    """
+    fixed = make_process(kind, vocab_size).network(context)
     clash = [k for k in fixed if k in model and model[k] != fixed[k]]
     if clash:
         raise ValueError(f"model.{clash[0]} is set by the text task ({fixed[clash[0]]}); remove it from [model]")
@@ -71,6 +72,8 @@ def net_config(kind: str, vocab_size: int, context: int, model: dict[str, Any]) 
 
 @dataclass
 class Generation:
+    """What :meth:`TextModel.generate` returns: texts, their tokens (B, prompt + length), network calls, seconds."""
+
     texts: list[str]  # prompt + completion
     completions: list[str]
     tokens: Tensor  # (B, prompt + length)
@@ -80,28 +83,48 @@ class Generation:
 
 @dataclass
 class Infill:
+    """What :meth:`TextModel.infill` returns: the filled text, its parts (text, was it a gap) and network calls."""
+
     text: str
     parts: list[tuple[str, bool]]  # (text, was it a gap)
     nfe: int
 
 
 class TextModel:
-    """Generate, infill and score text with a trained model (masked, block, uniform or ar)."""
+    """Generate, infill and score text with a trained model of any process in ``PROCESSES``.
 
-    def __init__(self, net: Transformer, tokenizer, kind: str, *, block_size: int = 16, eps: float = 1e-3,
-                 config: dict[str, Any] | None = None):
+    Args:
+        net: the transformer (its config from :func:`net_config`); put in eval mode.
+        tokenizer: the model's tokenizer (``ebru.text.tokenizer``).
+        kind: a process name of ``PROCESSES`` (built with ``block_size`` and ``eps``, see
+            :func:`~ebru.text.process.make_process`), or a :class:`~ebru.text.process.TextProcess`.
+        config: the package's ``config.json`` (sampling defaults, training record), if any.
+
+    Everything that differs between processes (decoders, infilling, the likelihood) is the
+    process's: ``model.process``.
+    """
+
+    def __init__(self, net: Transformer, tokenizer, kind: str | TextProcess, *, block_size: int = 16,
+                 eps: float = 1e-3, config: dict[str, Any] | None = None):
         self.net = net.eval()
         self.tokenizer = tokenizer
-        self.kind = kind
-        self.process = make_process(kind, tokenizer.vocab_size, block_size=block_size, eps=eps)
+        self.process = kind if isinstance(kind, TextProcess) else make_process(
+            kind, tokenizer.vocab_size, block_size=block_size, eps=eps)
         self.config = config or {}
 
     @property
+    def kind(self) -> str:
+        """The process's name: ``masked``, ``uniform``, ``block``, ``ar`` (see ``PROCESSES``)."""
+        return self.process.name
+
+    @property
     def context(self) -> int:
+        """The longest sequence the network takes, in tokens (prompt + generation)."""
         return self.net.cfg.context
 
     @property
     def device(self) -> torch.device:
+        """Where the network's weights are."""
         return self.net.head.weight.device
 
     # ------------------------------------------------------------------------------------ files
@@ -115,15 +138,19 @@ class TextModel:
         """
         from ebru.trust import LoadedModel, load
 
+        from .tokenizer import parse_tokenizer
+
         if not isinstance(path, LoadedModel):
             p = Path(path)
             if not (p / MODEL_CONFIG).is_file():
                 raise FileNotFoundError(f"{p} is not a model directory (no {MODEL_CONFIG})")
         loaded = path if isinstance(path, LoadedModel) else load(path, **load_options)
         path, config, state = Path(loaded.path), loaded.config, loaded.weights
-        if config.get("kind") not in ("text-diffusion", "text-autoregressive"):
+        if config.get("kind") not in PACKAGE_KINDS:
             raise ValueError(f"{path} holds a {config.get('kind', 'unknown')!r} model, not a text model")
-        tokenizer = load_tokenizer(path)  # listed and hashed in the manifest that load() just checked
+        # Parsed from the bytes load() hashed and verified, never re-read from disk (a file swapped meanwhile).
+        # Not UTF-8 JSON of a tokenizer: one TextInputError line naming the file.
+        tokenizer = parse_tokenizer(loaded.read(TOKENIZER_FILE), path / TOKENIZER_FILE)
         net = Transformer(TransformerConfig.from_dict(config["net"]))
         try:
             net.load_state_dict(state)
@@ -135,15 +162,16 @@ class TextModel:
 
     # ----------------------------------------------------------------------------------- encode
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; :class:`TextInputError` for characters outside a character vocabulary."""
         return self.tokenizer.encode(text)
 
     def logits(self, x: Tensor) -> Tensor:
+        """The network's logits (B, T, V) for tokens ``x`` (B, T), without gradients."""
         with torch.no_grad():
             return self.net(x.to(self.device))
 
     def _check_length(self, length: int, prompt_len: int = 0) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-            raise TextInputError(f"length must be a positive integer, got {length!r}")
+        positive_int("length", length, error=TextInputError)
         if prompt_len >= self.context:
             raise TextInputError(f"the prompt is {prompt_len} tokens, longer than the model's context of "
                                  f"{self.context} tokens")
@@ -156,51 +184,30 @@ class TextModel:
                  decoder: str | None = None, block_length: int | None = None, threshold: float = 0.9,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  seeds: int | list[int] = 0, callback: Callback | None = None) -> Generation:
-        """``num`` continuations of ``prompt`` of ``length`` tokens each.
+        """``num`` continuations of ``prompt`` of ``length`` tokens each, by the process's ``generate``.
 
-        ``steps`` (default ``length``) are the denoising steps in all (ignored by ``ar``);
-        ``decoder``: ancestral | confidence | threshold (masked, block), confidence | ancestral (uniform),
-        ar (autoregressive). ``block_length`` decodes a masked model semi-autoregressively.
+        ``steps`` (default ``length``) are the denoising steps in all (not used when
+        ``process.uses_steps`` is False: one token per call); ``decoder`` is one of
+        ``process.decoders`` (default ``process.default_decoder``); ``block_length`` decodes a masked
+        model semi-autoregressively. Raises :class:`TextInputError` (one line) for bad input: a
+        number, length or steps that is not a positive integer, a prompt + length beyond the context,
+        a decoder of another process or an unknown one (naming the nearest).
         """
-        if isinstance(num, bool) or not isinstance(num, int) or num <= 0:
-            raise TextInputError(f"the number of samples must be a positive integer, got {num!r}")
+        positive_int("the number of samples", num, error=TextInputError)
         ids = self.encode(prompt) if prompt else []
         self._check_length(length, len(ids))
-        steps = length if steps is None else steps
-        check_steps(steps)
-        decoder = decoder or DEFAULT_DECODER[self.kind]
-        if self.kind == "ar" and decoder != "ar":
-            raise TextInputError(f"an autoregressive model decodes one token per step (decoder 'ar'), not {decoder!r}")
-        if self.kind != "ar" and decoder == "ar":
-            raise TextInputError(f"decoder 'ar' is for autoregressive models; this is a {self.kind} diffusion model")
-        if block_length is not None and self.kind != "masked":
-            trained = f" (it decodes in its blocks of {self.process.block_size})" if self.kind == "block" else ""
-            raise TextInputError(f"--block-length is for masked-diffusion models, not a {self.kind} model{trained}")
+        steps = positive_int("steps", length if steps is None else steps, error=TextInputError)
+        decoder = self.process.check_decoder(decoder)
         dev = self.device
         prompt_t = torch.tensor([ids] * num, dtype=torch.long, device=dev).view(num, len(ids))
-        opts = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seeds": seeds, "callback": callback}
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)  # time the generation, not the work queued before it
         t0 = time.perf_counter()
         with torch.no_grad():
-            if self.kind == "ar":
-                tokens, nfe = ar_decode(self.net, prompt_t, length, self.process.bos_id, **opts)
-            elif self.kind == "block":
-                b = self.process.block_size
-                n_blocks = math.ceil((len(ids) + length) / b) - len(ids) // b
-                tokens, nfe = block_decode(self.net, prompt_t, length, self.process.block_size, self.process.mask_id,
-                                           steps_per_block=max(1, math.ceil(steps / n_blocks)), decoder=decoder,
-                                           threshold=threshold, **opts)
-            elif self.kind == "uniform":
-                canvas = torch.cat([prompt_t, torch.zeros(num, length, dtype=torch.long, device=dev)], 1)
-                fixed = torch.zeros_like(canvas, dtype=torch.bool)
-                fixed[:, :len(ids)] = True
-                tokens, nfe = uniform_decode(self.logits, canvas, fixed, self.tokenizer.vocab_size, steps=steps,
-                                             decoder=decoder, **opts)
-            else:
-                canvas = torch.cat([prompt_t, torch.full((num, length), self.process.mask_id, device=dev)], 1)
-                tokens, nfe = masked_decode(self.logits, canvas, self.process.mask_id, steps=steps, decoder=decoder,
-                                            block_length=block_length, threshold=threshold, **opts)
+            tokens, nfe = self.process.generate(self.net, prompt_t, length, steps=steps, decoder=decoder,
+                                                block_length=block_length, threshold=threshold,
+                                                temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds,
+                                                callback=callback)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0
@@ -210,31 +217,30 @@ class TextModel:
     def infill(self, template: str, *, gap_length: int | None = None, steps: int | None = None,
                decoder: str | None = None, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, seed: int = 0, callback: Callback | None = None) -> Infill:
-        """Fill the gaps of ``template`` (see :func:`ebru.text.infill.parse_template`); given text is kept as is."""
-        if self.kind in ("ar", "block"):
-            raise TextInputError(f"a{'n autoregressive' if self.kind == 'ar' else ' block-diffusion'} model sees only "
-                                 "the text before what it writes, so it cannot fill gaps; use a masked or uniform "
-                                 "diffusion model")
+        """Fill the gaps of ``template`` (see :func:`ebru.text.infill.parse_template`); given text is kept as is.
+
+        ``steps`` default to the number of gap tokens. Raises :class:`TextInputError` (one line) when
+        the process cannot infill (``process.can_infill``), for a bad template, a template longer than
+        the context, or bad steps or decoder.
+        """
+        self.process.check_infill()
         parts = parse_template(template, gap_length)
         enc = [self.encode(p) if isinstance(p, str) else p for p in parts]
         total = sum(len(e) if isinstance(e, list) else e for e in enc)
         if total > self.context:
             raise TextInputError(f"the template is {total} tokens with its gaps, more than the model's context of "
                                  f"{self.context}")
-        fill = self.process.mask_id if self.kind == "masked" else 0
-        ids = [t for e in enc for t in (e if isinstance(e, list) else [fill] * e)]
+        ids = [t for e in enc for t in (e if isinstance(e, list) else [0] * e)]  # gaps: placeholders
         canvas = torch.tensor([ids], device=self.device)
         fixed = torch.tensor([isinstance(e, list) for e in enc for _ in range(len(e) if isinstance(e, list) else e)],
                              device=self.device)[None]
         gaps = int((~fixed).sum())
-        steps = gaps if steps is None else steps
-        decoder = decoder or DEFAULT_DECODER[self.kind]
-        opts = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seeds": [seed], "callback": callback}
-        if self.kind == "masked":
-            tokens, nfe = masked_decode(self.logits, canvas, self.process.mask_id, steps=steps, decoder=decoder, **opts)
-        else:
-            tokens, nfe = uniform_decode(self.logits, canvas, fixed, self.tokenizer.vocab_size, steps=steps,
-                                         decoder=decoder, **opts)
+        steps = positive_int("steps", gaps if steps is None else steps, error=TextInputError)
+        decoder = self.process.check_decoder(decoder)
+        with torch.no_grad():
+            tokens, nfe = self.process.infill(self.net, canvas, fixed, steps=steps, decoder=decoder,
+                                              temperature=temperature, top_k=top_k, top_p=top_p, seeds=[seed],
+                                              callback=callback)
         out, pos = [], 0
         for p, e in zip(parts, enc):
             n = len(e) if isinstance(e, list) else e
@@ -245,21 +251,27 @@ class TextModel:
 
 
 def model_card(config: dict[str, Any], license_id: str) -> str:
+    """``MODEL_CARD.md`` of a text model package: YAML front matter and a description from ``config``.
+
+    The process (``config["process"]["kind"]``) gives the description, whether the loss is a bound
+    and whether the model can infill.
+    """
     from ebru.trust import card_front_matter
 
     t = config.get("training", {})
-    kind = config["process"]["kind"]
+    proc = PROCESSES[config["process"]["kind"]]
     front = card_front_matter(license_id, t.get("dataset", "unknown"), pipeline_tag="text-generation",
                               intended_use="research and education; generating and infilling text like the "
                                            "training corpus")
     lines = [
         "",
-        f"# ebru {DESCRIPTION[kind].split(' (')[0]}",
+        f"# ebru {proc.description.split(' (')[0]}",
         "",
-        f"A {DESCRIPTION[kind]} trained by ebru {config['ebru_version']} on {t.get('dataset')} for "
+        f"{proc.article.capitalize()} {proc.description} trained by ebru {config['ebru_version']} on "
+        f"{t.get('dataset')} for "
         f"{t.get('steps')} steps ({t.get('sequences')} sequences of {config['net']['context']} tokens, "
         f"{t.get('minutes')} minutes). Final training loss {t.get('final_loss', math.nan):.4f} nats per token"
-        + (" (a bound, not comparable with an autoregressive loss)." if kind != "ar" else ".")
+        + ("." if proc.exact else " (a bound, not comparable with an autoregressive loss).")
         + " The weights are the EMA.",
         "",
         f"Network: {config['net']['depth']} layers, width {config['net']['dim']}, {config['net']['heads']} heads, "
@@ -270,7 +282,7 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
         f"Corpus content SHA-256: `{t.get('dataset_hash')}`. Code revision: `{t.get('code_revision')}`.",
         "",
         "Use it with `ebru text generate <this directory> --length 200`"
-        + ("" if kind in ("ar", "block") else " or `ebru text infill <this directory> --text \"... [20] ...\"`") + ".",
+        + (" or `ebru text infill <this directory> --text \"... [20] ...\"`" if proc.can_infill else "") + ".",
         "",
     ]
     return front + "\n".join(lines)
@@ -294,9 +306,12 @@ def save_model_dir(path: str | Path, net_state: dict[str, Tensor], config: dict[
 
 def model_dir_config(kind: str, net: Transformer, tokenizer, *, block_size: int, eps: float,
                      sampling: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` of a text model package: package kind, the process's settings, network, tokenizer,
+    default sampling and the training record. ``kind`` names a process of ``PROCESSES``."""
+    process = make_process(kind, tokenizer.vocab_size, block_size=block_size, eps=eps)
     return {
-        "kind": "text-autoregressive" if kind == "ar" else "text-diffusion",
-        "process": {"kind": kind, "eps": eps, **({"block_size": block_size} if kind == "block" else {})},
+        "kind": process.package_kind,
+        "process": process.settings(),
         "net": net.cfg.to_dict(),
         "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "file": TOKENIZER_FILE},
         "sampling": sampling,

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ebru.checks import finite_number, optional_positive_int
+
 from .errors import TextInputError
 
 
@@ -31,12 +33,12 @@ def generators(seeds: int | Iterable[int], batch: int,
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise TextInputError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise TextInputError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise TextInputError(f"top_p must be in (0, 1], got {top_p}")
+    """Refuse with one :class:`TextInputError` line: a temperature that is not a finite number >= 0, a
+    ``top_k`` that is not a positive integer, a ``top_p`` outside (0, 1] (``ebru.checks``; NaN included)."""
+    finite_number("temperature", temperature, minimum=0, error=TextInputError)
+    optional_positive_int("top_k", top_k, error=TextInputError)
+    if top_p is not None:
+        finite_number("top_p", top_p, positive=True, maximum=1, error=TextInputError)
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:

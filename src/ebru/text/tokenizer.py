@@ -8,7 +8,9 @@ on text they can encode: ``decode(encode(s)) == s``.
   outside that vocabulary is an error naming it (no silent [UNK]).
 - :class:`BPETokenizer`: byte-level BPE from the ``tokenizers`` library, so any text encodes.
 
-``save(dir)`` writes ``dir/tokenizer.json``; :func:`load_tokenizer` reads either kind back.
+``save(dir)`` writes ``dir/tokenizer.json`` (UTF-8, whatever the locale); :func:`load_tokenizer` reads
+either kind back from a directory and :func:`parse_tokenizer` from bytes (a verified package's), and
+a file that is not UTF-8 JSON of either kind is one :class:`TextInputError` line naming it.
 """
 
 from __future__ import annotations
@@ -18,19 +20,30 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from ebru.checks import one_of
+
 from .errors import TextInputError
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
 class Tokenizer(Protocol):
+    """What a text model needs of a tokenizer: ids ``0 .. vocab_size-1`` and back, and its ``tokenizer.json``."""
+
     kind: str
     vocab_size: int
 
-    def encode(self, text: str) -> list[int]: ...
-    def decode(self, ids: Iterable[int]) -> str: ...
-    def dumps(self) -> str: ...
-    def save(self, directory: str | Path) -> Path: ...
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of token ids ``ids``."""
+
+    def dumps(self) -> str:
+        """The contents of ``tokenizer.json``."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``directory/tokenizer.json`` (UTF-8)."""
 
 
 class CharTokenizer:
@@ -47,12 +60,14 @@ class CharTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str]) -> CharTokenizer:
+        """Every character that occurs in ``texts``."""
         seen: set[str] = set()
         for t in texts:
             seen.update(t)
         return cls(seen)
 
     def encode(self, text: str) -> list[int]:
+        """One id per character; :class:`TextInputError` naming the characters outside the vocabulary."""
         try:
             return [self.index[c] for c in text]
         except KeyError:
@@ -62,9 +77,11 @@ class CharTokenizer:
                                  f"{shown}") from None
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The characters of ``ids``."""
         return "".join(self.chars[int(i)] for i in ids)
 
     def to_json(self) -> dict:
+        """``{"ebru_tokenizer": "char", "chars": ...}``: what ``tokenizer.json`` holds."""
         return {"ebru_tokenizer": "char", "chars": "".join(self.chars)}
 
     def dumps(self) -> str:
@@ -72,8 +89,9 @@ class CharTokenizer:
         return json.dumps(self.to_json(), ensure_ascii=False)
 
     def save(self, directory: str | Path) -> Path:
+        """Write ``directory/tokenizer.json`` as UTF-8; returns its path."""
         path = Path(directory) / TOKENIZER_FILE
-        path.write_text(self.dumps())
+        path.write_text(self.dumps(), encoding="utf-8")
         return path
 
 
@@ -88,6 +106,7 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 2048) -> BPETokenizer:
+        """Byte-level BPE with at most ``vocab_size`` tokens (the 256 byte symbols included) learnt on ``texts``."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -100,9 +119,11 @@ class BPETokenizer:
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (any text: byte-level)."""
         return self.tok.encode(text).ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids``, byte for byte what was encoded."""
         return self.tok.decode([int(i) for i in ids])
 
     def dumps(self) -> str:
@@ -110,8 +131,9 @@ class BPETokenizer:
         return self.tok.to_str()
 
     def save(self, directory: str | Path) -> Path:
+        """Write ``directory/tokenizer.json`` as UTF-8; returns its path."""
         path = Path(directory) / TOKENIZER_FILE
-        path.write_text(self.dumps())
+        path.write_text(self.dumps(), encoding="utf-8")
         return path
 
 
@@ -122,21 +144,57 @@ def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterable[str]:
 
 
 def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 2048) -> CharTokenizer | BPETokenizer:
-    if kind == "char":
-        return CharTokenizer.train(texts)
-    if kind == "bpe":
-        return BPETokenizer.train(texts, vocab_size)
-    raise ValueError(f"unknown tokenizer {kind!r}; valid: char, bpe")
+    """A ``char`` or ``bpe`` tokenizer (``vocab_size`` tokens at most) trained on ``texts``.
+
+    Raises ``ValueError`` for another ``kind``, naming the nearest.
+    """
+    trainers = {"char": lambda: CharTokenizer.train(texts), "bpe": lambda: BPETokenizer.train(texts, vocab_size)}
+    return trainers[one_of("tokenizer", kind, trainers)]()
 
 
 def load_tokenizer(directory: str | Path) -> CharTokenizer | BPETokenizer:
+    """The tokenizer saved in ``directory/tokenizer.json`` (see :func:`parse_tokenizer`).
+
+    Raises ``OSError`` naming the file when it cannot be read, :class:`TextInputError` when it is not
+    a UTF-8 tokenizer file.
+    """
     path = Path(directory) / TOKENIZER_FILE
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise OSError(f"cannot read the tokenizer {path}: {e}") from None
-    if data.get("ebru_tokenizer") == "char":
-        return CharTokenizer(data["chars"])
+        data = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"cannot read the tokenizer {path}: {e.strerror or e}") from None
+    return parse_tokenizer(data, path)
+
+
+def parse_tokenizer(data: bytes | str, source: str | Path = TOKENIZER_FILE) -> CharTokenizer | BPETokenizer:
+    """A tokenizer from the contents of a ``tokenizer.json``: UTF-8 bytes (or text), either kind.
+
+    ``source`` names the file in errors. Raises :class:`TextInputError` (one line naming ``source``)
+    for bytes that are not UTF-8, text that is not JSON, or JSON that is not a tokenizer.
+    """
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TextInputError(f"{source} is not valid UTF-8 (byte {e.start} is {data[e.start:e.start + 1]!r}): "
+                                 "a tokenizer file is UTF-8 JSON") from None
+    else:
+        text = data
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TextInputError(f"{source} is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise TextInputError(f"{source} is not a tokenizer: a JSON object is expected, got {type(obj).__name__}")
+    if obj.get("ebru_tokenizer") == "char":
+        chars = obj.get("chars")
+        if not isinstance(chars, str) or not chars:
+            raise TextInputError(f"{source} is not a character tokenizer: 'chars' must be a non-empty string")
+        return CharTokenizer(chars)
     from tokenizers import Tokenizer as HFTokenizer
 
-    return BPETokenizer(HFTokenizer.from_str(json.dumps(data)))
+    try:
+        return BPETokenizer(HFTokenizer.from_str(text))
+    except Exception as e:  # the tokenizers library raises its own exception types
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise TextInputError(f"{source} is not a tokenizer ebru can read: {first}") from None

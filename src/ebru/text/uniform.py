@@ -6,7 +6,8 @@ uniformly random token. Write ``xbar = N alpha_t onehot(x) + (1 - alpha_t)`` (so
 ``q_t(.|x)``) and ``xbar_theta`` the same with the model's ``x_theta = softmax(logits)`` in place of
 ``onehot(x)``. The true reverse rate from the current token ``i`` to ``y`` is
 ``(beta/N) xbar_y / xbar_i``, the model's ``(beta/N) xbar_theta_y / xbar_theta_i``, and the
-continuous-time negative ELBO (Campbell et al. 2022; UDLM, Schiff et al. 2024) is
+continuous-time negative ELBO (Campbell et al. 2022; UDLM, Schiff et al. 2024; the forward process
+is SEDD's ``Uniform`` graph, Lou et al. 2024, with ``Q = (1 1^T - N I) / N`` and linear alpha) is
 
     NELBO(x) = int_0^1 E_{z_t} sum_l (beta_t / N) [ N / xbar_theta_i - N / xbar_i
                 + sum_y (xbar_y / xbar_i) log( xbar_y xbar_theta_i / (xbar_i xbar_theta_y) ) ] dt,
@@ -26,36 +27,58 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .decode import Callback, check_steps, most_confident
+from ebru.checks import one_of
+
+from .decode import check_steps, most_confident
 from .errors import TextInputError
 from .masked import low_discrepancy
+from .process import PROCESSES, Callback, TextProcess
 from .sampling import check_sampling, draw_groups, filter_logits, generators, gumbel, uniform_groups
 
 UNIFORM_DECODERS = ("confidence", "ancestral")
 
 
-class UniformDiffusion:
-    kind = "uniform"
+@PROCESSES.register("uniform")
+class UniformDiffusion(TextProcess):
+    """Uniform-noise diffusion over ``vocab_size`` tokens: each token is replaced by a uniformly random one.
 
-    def __init__(self, vocab_size: int, eps: float = 1e-3):
-        self.vocab_size = vocab_size
-        self.eps = eps
+    Forward ``q_t(z | x) = alpha_t onehot(x) + (1 - alpha_t) / N`` with ``alpha_t = 1 - t`` (SEDD's
+    uniform graph, Lou et al., ICML 2024); the loss is the continuous-time NELBO of the module
+    docstring (Campbell et al. 2022; UDLM, Schiff et al. 2024). No extra token: the network embeds
+    and predicts the N real tokens, and scores every position. It can infill (gaps start as random
+    tokens, given text is clamped). Decoders: ``confidence`` (canvas refinement) and ``ancestral``.
 
-    @property
-    def input_vocab(self) -> int:
-        return self.vocab_size
+    Args:
+        vocab_size: N, real tokens.
+        eps: training times are drawn on ``[eps, 1]``.
+    """
+
+    name = "uniform"
+    title = "uniform-noise diffusion"
+    description = "uniform-noise discrete diffusion language model (continuous-time ELBO)"
+    can_infill = True
+    decoders = UNIFORM_DECODERS
+    default_decoder = "confidence"
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) low-discrepancy times on ``[eps, 1)`` (:func:`~ebru.text.masked.low_discrepancy`), not shuffled."""
         return low_discrepancy(batch, generator, self.eps)
 
     def corrupt(self, x0: Tensor, t: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-        """Replace position l by ``noise[b, l]`` (uniform tokens) where ``u[b, l] < t[b]``."""
+        """``z_t`` (B, L): position l replaced by ``noise[b, l]`` (uniform tokens) where ``u[b, l] < t[b]``.
+
+        So ``q_t(z | x) = (1 - t) onehot(x) + t / N`` (a replacement may draw the same token).
+        """
         return torch.where(u < t[:, None], noise, x0)
 
-    def loss(self, logits: Tensor, x0: Tensor, zt: Tensor, t: Tensor) -> Tensor:
-        """The continuous-time NELBO integrand at ``t`` summed over positions, in nats: (B,)."""
+    def nelbo_at(self, logits: Tensor, x0: Tensor, zt: Tensor, t: Tensor) -> Tensor:
+        """The continuous-time NELBO integrand at ``t`` (B,), summed over positions: (B,) float32, nats.
+
+        The formula of the module docstring, computed in float64; an unbiased one-sample estimate of
+        NELBO(x0) when ``t ~ U(0, 1)`` and ``z_t ~ q_t(.|x0)``. ``logits``: (B, L, N).
+        """
         N = self.vocab_size
         alpha = (1 - t.double())[:, None, None]
         beta = 1 / alpha  # -alpha'/alpha for alpha = 1 - t
@@ -70,7 +93,10 @@ class UniformDiffusion:
         return (beta[..., 0] / N * inner).sum(1).float()
 
     def posterior_logits(self, logits: Tensor, zt: Tensor, t: float, s: float) -> Tensor:
-        """log q(z_s | z_t, x = x_theta) up to a constant, (n, N) for n positions."""
+        """log q(z_s | z_t, x = x_theta) up to a constant: (n, N) float64 for n positions, ``s < t``.
+
+        ``logits`` (n, N), ``zt`` (n,); Bayes' rule on the uniform kernel (D3PM posterior, Austin et al. 2021).
+        """
         N = self.vocab_size
         a_t, a_s = 1 - t, 1 - s
         a_ts = a_t / a_s
@@ -80,18 +106,82 @@ class UniformDiffusion:
         to_zt.scatter_add_(-1, zt[:, None], torch.full_like(from_x[:, :1], a_ts))
         return (from_x * to_zt).log()
 
+    # ---------------------------------------------------------------------------------- training
+    def draw(self, batch_size: int, context: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """``t`` (B,) low-discrepancy then shuffled, ``noise`` (B, L) uniform tokens, ``u`` (B, L) uniforms;
+        drawn in that order."""
+        t = self.sample_t(batch_size, generator)
+        t = t[torch.randperm(batch_size, generator=generator)]
+        noise = torch.randint(self.vocab_size, (batch_size, context), generator=generator)
+        return {"t": t, "noise": noise, "u": torch.rand(batch_size, context, generator=generator)}
+
+    def loss(self, model: nn.Module, x0: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Mean over the batch of :meth:`nelbo_at` / L: 0-d, nats per token (an upper bound on the NLL)."""
+        zt = self.corrupt(x0, batch["t"], batch["u"], batch["noise"])
+        return (self.nelbo_at(self.logits(model, zt, x0), x0, zt, batch["t"]) / x0.shape[1]).mean()
+
+    @torch.no_grad()
+    def nelbo(self, net: nn.Module, x0: Tensor, samples: int = 1,
+              generator: torch.Generator | None = None) -> Tensor:
+        """The NELBO of each row: (B,) float64, nats (an upper bound), averaged over ``samples`` draws.
+
+        Each draw: stratified times (clamped to ``1 - 1e-4``, where the integrand's ``1/alpha`` is
+        finite), shuffled over the rows, then :meth:`nelbo_at`.
+        """
+        B, L = x0.shape
+        total = torch.zeros(B, dtype=torch.float64, device=x0.device)
+        for _ in range(samples):
+            t = self.sample_t(B, generator)[torch.randperm(B, generator=generator)].clamp(max=1 - 1e-4)
+            u = torch.rand(B, L, generator=generator)
+            noise = torch.randint(self.vocab_size, (B, L), generator=generator)
+            t, u, noise = t.to(x0.device), u.to(x0.device), noise.to(x0.device)
+            zt = self.corrupt(x0, t, u, noise)
+            total += self.nelbo_at(net(zt), x0, zt, t).double()
+        return total / samples
+
+    # ---------------------------------------------------------------------------------- decoding
+    def generate(self, net: nn.Module, prompt: Tensor, length: int, *, steps: int, decoder: str,
+                 block_length: int | None = None, threshold: float = 0.9, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seeds: int | list[int] = 0,
+                 callback: Callback | None = None) -> tuple[Tensor, int]:
+        """``length`` tokens after ``prompt`` (B, P) with :func:`uniform_decode` (the prompt fixed).
+
+        ``threshold`` is not used; ``block_length`` is refused. Returns (B, P + length) tokens and the calls.
+        """
+        self.refuse_block_length(block_length)
+        decoder = self.check_decoder(decoder)
+        B, P = prompt.shape
+        canvas = torch.cat([prompt, torch.zeros(B, length, dtype=prompt.dtype, device=prompt.device)], 1)
+        fixed = torch.zeros_like(canvas, dtype=torch.bool)
+        fixed[:, :P] = True
+        return uniform_decode(net, canvas, fixed, self.vocab_size, steps=steps, decoder=decoder,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, callback=callback)
+
+    def infill(self, net: nn.Module, tokens: Tensor, fixed: Tensor, *, steps: int, decoder: str,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               seeds: int | list[int] = 0, callback: Callback | None = None) -> tuple[Tensor, int]:
+        """Decode the positions of ``tokens`` (B, T) that are not ``fixed`` with :func:`uniform_decode`."""
+        self.check_infill()
+        decoder = self.check_decoder(decoder)
+        return uniform_decode(net, tokens, fixed, self.vocab_size, steps=steps, decoder=decoder,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, callback=callback)
+
 
 @torch.no_grad()
 def uniform_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, fixed: Tensor, vocab_size: int, *,
                    steps: int, decoder: str = "confidence", temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, seeds: int | list[int] = 0,
                    callback: Callback | None = None) -> tuple[Tensor, int]:
-    """Generate the positions of ``canvas`` (B,T) where ``fixed`` is False; returns tokens and network calls."""
+    """Generate the positions of ``canvas`` (B,T) where ``fixed`` (B,T bool) is False; returns tokens and calls.
+
+    ``logits_fn`` maps tokens (B,T) to logits (B,T,N). ``confidence``: start from random tokens,
+    re-predict every free position each step, keep the most confident ``k/S`` share, re-randomise the
+    rest (DiffusionGemma-style canvas refinement); ``ancestral``: ``z_s ~ q(z_s | z_t, x = x_theta)``.
+    Raises :class:`TextInputError` for bad steps, decoder (naming the nearest) or sampling settings.
+    """
     check_steps(steps)
     check_sampling(temperature, top_k, top_p)
-    if decoder not in UNIFORM_DECODERS:
-        raise TextInputError(f"unknown decoder {decoder!r} for a uniform-noise model; valid: "
-                             f"{', '.join(UNIFORM_DECODERS)}")
+    one_of("decoder", decoder, UNIFORM_DECODERS, error=TextInputError)
     gens = generators(seeds, canvas.shape[0], canvas.device)
     x = canvas.clone()
     free = ~fixed.to(torch.bool)
