@@ -34,7 +34,7 @@ def evaluate_text_model(model_dir: str | Path, *, judge: str | Path | None = Non
     corpus = load_corpus(training.get("config", {}).get("data") or training.get("corpus", "austen"))
     bpc = bits_per_char(model, corpus.held_out_text, windows=windows, samples=samples, progress=progress)
     length = min(speed_length, model.context)
-    steps = None if model.kind == "ar" else min(speed_steps, length)
+    steps = min(speed_steps, length) if model.process.uses_steps else None
     gen = model.generate(num_samples, length, steps=steps, seeds=0)
     result: dict[str, Any] = {
         "model": str(model_dir), "kind": model.kind, "held_out": corpus.held_out_name,
