@@ -1,29 +1,26 @@
-"""CLI subcommands: keys, sign, verify, package, pack, unpack, inspect, audit. Registered by ebru.cli.build_parser.
+"""The trust commands: ``ebru keys``, ``sign``, ``verify``, ``package``, ``pack``, ``unpack``, ``inspect``, ``audit``.
 
 Thin shells over :mod:`ebru.trust`; every refusal there is a one-line ``ValueError``/``OSError``
-that ``ebru.cli.main`` prints as ``ebru: error: <file>: <reason>`` with exit code 2.
+that ``ebru`` prints as ``ebru: error: <file>: <reason>`` with exit code 2. Every command that
+decides on a package (verify, package --base, pack, unpack) takes the same trust flags
+(:data:`ebru.cli.options.TRUST_FLAGS`), and none calls a package verified unless a trusted key
+signed it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from typing import Any
 
-
-def _trust_options(p: argparse.ArgumentParser, policy: bool = False) -> None:
-    p.add_argument("--trusted-keys", default=None, metavar="DIR",
-                   help="directory of trusted .pub keys (default: $EBRU_TRUSTED_KEYS or ~/.config/ebru/trusted_keys)")
-    p.add_argument("--allow-unsigned", action="store_true",
-                   help="accept a package with no signature by a trusted key (prints a warning)")
-    if policy:
-        p.add_argument("--policy", default=None, metavar="FILE.toml",
-                       help="licence policy (default: $EBRU_LICENSE_POLICY, ~/.config/ebru/license_policy.toml, "
-                            "else the built-in policy)")
+from . import argtypes
+from .options import add_trust_flags, describe_origin, load_options, trust_flags_given
 
 
 def _cmd_keys_generate(args: argparse.Namespace) -> int:
-    from ebru.trust import generate_key, load_public_key
+    from ebru.trust import generate_key, load_public_key  # ebru.trust is slow to import: here, not at start-up
     from ebru.trust.settings import ENV_PASSPHRASE, passphrase
 
     days = None if args.expires_days == 0 else args.expires_days
@@ -61,16 +58,27 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signature_line(m: Any) -> str:
+    if m.signer is not None:
+        return f"signature: signed by {m.signer.describe()}, trusted"
+    from ebru.trust.manifest import SIGNATURE
+
+    if SIGNATURE in m.files:
+        return "signature: present but NOT checked against a trusted key (see the warning above)"
+    return "signature: none: the package is UNSIGNED (see the warning above)"
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ebru.trust import verify
 
-    m = verify(args.model_dir, args.policy, trusted_keys=args.trusted_keys, allow_unsigned=args.allow_unsigned,
-               acknowledge=args.acknowledge)
+    m = verify(args.model_dir, **load_options(args))
     n = len(m.manifest.files)
-    print(f"verified:  {m.path}")
+    if m.signer is not None:
+        print(f"verified:  {m.path}")
+    else:
+        print(f"checked:   {m.path}   (integrity only: its origin is NOT verified)")
     print(f"files:     {n} files match manifest.json (SHA-256 and size), manifest {m.manifest_sha256[:16]}…")
-    print(f"signature: signed by {m.signer.describe()}, trusted" if m.signer else "signature: NOT VERIFIED "
-          "(see the warning above)")
+    print(_signature_line(m))
     print(f"licence:   {m.license.summary()}")
     for o in m.license.obligations:
         print(f"           obligation: {o}")
@@ -83,6 +91,16 @@ def _cmd_package(args: argparse.Namespace) -> int:
     from ebru.trust import package_dir, sign_package
     from ebru.trust.strict_json import loads
 
+    given = trust_flags_given(args)
+    if given and not args.base:
+        raise ValueError(f"{', '.join(given)} decide(s) on --base packages, and none was given; add --base NAME=DIR "
+                         "or drop the flag")
+    bases = []
+    for item in args.base:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--base expects NAME=DIR, got {item!r}")
+        bases.append((name, path))
     provenance = None
     if args.provenance or args.source:
         provenance = {"created_by": "ebru package"}
@@ -95,16 +113,12 @@ def _cmd_package(args: argparse.Namespace) -> int:
         if args.source:
             provenance["source"] = args.source
     lineage = None
-    if args.base:
+    if bases:
         from ebru.trust import verify
 
         lineage = []
-        for item in args.base:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"--base expects NAME=DIR, got {item!r}")
-            base = verify(path, quiet=True, trusted_keys=args.trusted_keys, allow_unsigned=args.allow_unsigned)
-            lineage += base.lineage_entry(name)
+        for name, path in bases:
+            lineage += verify(path, **load_options(args)).lineage_entry(name)
     manifest = package_dir(args.model_dir, provenance, lineage=lineage)
     print(f"manifest:  {args.model_dir}/manifest.json ({len(manifest.files)} files)")
     if args.sign_key:
@@ -113,18 +127,25 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from ebru.trust import pack
+    from ebru.trust import pack, verify
 
+    m = verify(args.model_dir, quiet=True, **load_options(args))  # the licence policy too; pack warns itself
     out = pack(args.model_dir, args.out, trusted_keys=args.trusted_keys, allow_unsigned=args.allow_unsigned)
-    print(f"bundle:    {out}")
+    print(f"bundle:    {out}\npackage:   {describe_origin(m)}")
     return 0
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
-    from ebru.trust import unpack
+    from ebru.trust import unpack, verify
 
     out = unpack(args.bundle, args.out, trusted_keys=args.trusted_keys, allow_unsigned=args.allow_unsigned)
-    print(f"unpacked and verified: {out}")
+    try:
+        m = verify(out, quiet=True, **load_options(args))  # the licence policy, on what was just unpacked
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # this command made it (-o must be new); leave nothing usable
+        raise
+    headline = "unpacked and verified" if m.signer is not None else "unpacked"
+    print(f"{headline}: {out}\npackage:   {describe_origin(m)}")
     return 0
 
 
@@ -173,59 +194,59 @@ def _need_subcommand(p: argparse.ArgumentParser):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to the ``ebru`` parser."""
+    """Add the trust commands to the ``ebru`` parser."""
     k = sub.add_parser("keys", help="generate signing keys, list trusted keys")
     k.set_defaults(func=_need_subcommand(k))
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(k))
     g = ks.add_parser("generate", help="write NAME.key (private) and NAME.pub (public)")
-    g.add_argument("--out", default=".", metavar="DIR", help="where to write the two files (default: .)")
+    g.add_argument("--out", default=".", type=argtypes.output_dir, metavar="DIR",
+                   help="where to write the two files (default: .)")
     g.add_argument("--name", default="ebru-signing", help="key name (default: ebru-signing)")
-    g.add_argument("--algorithm", default="ed25519", choices=["ed25519", "ecdsa-p256"],
+    g.add_argument("--algorithm", default="ed25519", type=argtypes.one_of("algorithm", ["ed25519", "ecdsa-p256"]),
                    help="ed25519 (default) or ecdsa-p256 (also verifiable by OpenSSF model_signing)")
-    g.add_argument("--expires-days", type=float, default=365, metavar="N",
+    g.add_argument("--expires-days", type=argtypes.nonnegative_float, default=365, metavar="N",
                    help="validity in days (default 365; 0 = never expires)")
     g.set_defaults(func=_cmd_keys_generate)
     kl = ks.add_parser("list", help="list the trusted keys in force")
-    kl.add_argument("--trusted-keys", default=None, metavar="DIR")
+    add_trust_flags(kl, ("--trusted-keys",), title="keys")
     kl.set_defaults(func=_cmd_keys_list)
 
     s = sub.add_parser("sign", help="sign a model package (writes MODEL_DIR/model.sig)")
-    s.add_argument("model_dir")
+    s.add_argument("model_dir", metavar="MODEL_DIR")
     s.add_argument("--key", required=True, metavar="K", help="private key file (.key); passphrase from "
                                                                "$EBRU_KEY_PASSPHRASE")
     s.set_defaults(func=_cmd_sign)
 
     v = sub.add_parser("verify", help="verify a model package: manifest, signature, licence, strict weights")
-    v.add_argument("model_dir")
-    _trust_options(v, policy=True)
-    v.add_argument("--acknowledge", action="append", default=[], metavar="LICENCE",
-                   help="accept a needs-acknowledgement licence for this check")
+    v.add_argument("model_dir", metavar="MODEL_DIR")
+    add_trust_flags(v)
     v.set_defaults(func=_cmd_verify)
 
     pk = sub.add_parser("package", help="write or refresh manifest.json for a directory of config, weights and card")
-    pk.add_argument("model_dir")
+    pk.add_argument("model_dir", metavar="MODEL_DIR")
     pk.add_argument("--source", default=None, help="where the weights came from (recorded as provenance)")
     pk.add_argument("--provenance", default=None, metavar="FILE.json", help="provenance fields to record")
     pk.add_argument("--base", action="append", default=[], metavar="NAME=DIR",
                     help="a verified base package this model derives from (the card's base_model NAME)")
     pk.add_argument("--sign-key", default=None, metavar="K", help="also sign with this private key")
-    _trust_options(pk)
+    add_trust_flags(pk, title="trust of the --base packages (see docs/security.md)")
     pk.set_defaults(func=_cmd_package)
 
-    pa = sub.add_parser("pack", help="verify a package and write it as a tar bundle")
-    pa.add_argument("model_dir")
-    pa.add_argument("-o", "--out", required=True, metavar="BUNDLE.tar")
-    _trust_options(pa)
+    pa = sub.add_parser("pack", help="verify a package (signature and licence) and write it as a tar bundle")
+    pa.add_argument("model_dir", metavar="MODEL_DIR")
+    pa.add_argument("-o", "--out", required=True, type=argtypes.output_file, metavar="BUNDLE.tar")
+    add_trust_flags(pa)
     pa.set_defaults(func=_cmd_pack)
 
     u = sub.add_parser("unpack", help="extract a bundle into a new directory and verify it before it is usable")
-    u.add_argument("bundle")
-    u.add_argument("-o", "--out", required=True, metavar="DIR", help="new directory (must not exist)")
-    _trust_options(u)
+    u.add_argument("bundle", metavar="BUNDLE.tar")
+    u.add_argument("-o", "--out", required=True, type=argtypes.new_dir, metavar="DIR",
+                   help="new directory (must not exist)")
+    add_trust_flags(u)
     u.set_defaults(func=_cmd_unpack)
 
     i = sub.add_parser("inspect", help="list a safetensors file's tensors and metadata after strict validation")
-    i.add_argument("file")
+    i.add_argument("file", metavar="FILE")
     i.set_defaults(func=_cmd_inspect)
 
     a = sub.add_parser("audit", help="check or show the audit log")
@@ -238,5 +259,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     av.set_defaults(func=_cmd_audit_verify)
     ash = asub.add_parser("show", help="print the last entries")
     ash.add_argument("--log", default=None, metavar="FILE")
-    ash.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    ash.add_argument("-n", type=argtypes.positive_int, default=20, metavar="N", help="how many (default 20)")
     ash.set_defaults(func=_cmd_audit_show)
