@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import socket
 
@@ -23,6 +24,7 @@ from ebru.diffusion import (
     get_sigmas,
     sample,
     sampler_nfe,
+    steps_for_nfe,
 )
 from ebru.diffusion.tensors import check_finite_number, seed_generators, sigma_view
 
@@ -264,3 +266,40 @@ def test_network_is_disabled_in_tests():
             s.connect(("127.0.0.1", 9))
     finally:
         s.close()
+
+
+# --------------------------------------------------------------------------- shared defaults, no silent defaults
+
+
+def test_defaults_come_from_sampling_defaults(oracle):
+    from ebru.diffusion import EDMNoise, tune_schedule
+    from ebru.diffusion.defaults import SAMPLING
+
+    p = inspect.signature(sample).parameters
+    assert (p["sampler"].default, p["steps"].default, p["schedule"].default) == (
+        SAMPLING.sampler, SAMPLING.steps, SAMPLING.schedule)
+    t = inspect.signature(tune_schedule).parameters
+    assert (t["sigma_min"].default, t["sigma_max"].default) == (SAMPLING.sigma_min, SAMPLING.sigma_max)
+    n = EDMNoise()
+    assert (n.sigma_min, n.sigma_max) == (SAMPLING.sigma_min, SAMPLING.sigma_max)
+    # A denoiser without its own range is sampled over SAMPLING's.
+    a = sample(oracle, (2, 3), dtype=F64)
+    b = sample(oracle, (2, 3), sampler=SAMPLING.sampler, steps=SAMPLING.steps, schedule=SAMPLING.schedule,
+               sigma_min=SAMPLING.sigma_min, sigma_max=SAMPLING.sigma_max, dtype=F64)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: steps_for_nfe("euler", 0), "nfe must be a positive integer, got 0"),
+    (lambda: steps_for_nfe("heun", -3), "nfe must be a positive integer, got -3"),
+    (lambda: steps_for_nfe("heun", 2.5), "nfe must be a positive integer"),
+    (lambda: sampler_nfe("heun", 0), "steps must be a positive integer, got 0"),
+    (lambda: GaussianMixture.random(dim=2, components=2, classes=0), "classes must be a positive integer, got 0"),
+    (lambda: sample(GaussianOracle.random(dim=3, seed=0), (2, 3), sampler="unipc", sampler_opts={"order": True}),
+     "order must be an integer from 1 to 4"),
+], ids=["steps_for_nfe-0", "steps_for_nfe-negative", "steps_for_nfe-float", "sampler_nfe-0", "mixture-classes-0",
+        "unipc-order-bool"])
+def test_zero_and_wrong_typed_counts_are_refused(call, message):
+    """0 used to be rounded up to one step, or read as "no labels" / order 1: now it is refused."""
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -7,6 +7,7 @@ D_w = D_u + w (D_c - D_u) can be checked entry for entry.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -204,3 +205,66 @@ def test_guided_samples_concentrate_on_the_requested_class(mix):
     maha = torch.einsum("bkd,kde,bke->bk", diff, torch.linalg.inv(mix.covs), diff)
     comp = maha.argmin(1)
     assert torch.equal(mix.labels[comp], labels)
+
+
+# --------------------------------------------------------------------------- guidance without uncond
+
+
+@pytest.mark.parametrize("w", [0.0, 2.0, 3.0, 7.5])
+def test_without_uncond_the_condition_is_dropped(mix, batch, w):
+    """No ``uncond``: the unconditional pass is D(x, sigma) with the condition left out, which is the
+    oracle's (and ebru's nets') null condition. It used to return D_c unchanged for every scale."""
+    x, sig, labels = batch
+    d_c, d_u = parts(mix, x, sig, labels)
+    out = ClassifierFreeGuidance(mix, w)(x, sig, class_labels=labels)
+    assert float((out - (d_u + w * (d_c - d_u))).abs().max()) <= 1e-13 * max(1.0, w)
+    # Exactly the same as naming the null label, which batches both passes into one call.
+    named = ClassifierFreeGuidance(mix, w, uncond=UNCOND)(x, sig, class_labels=labels)
+    assert float((out - named).abs().max()) <= 1e-13 * max(1.0, w)
+
+
+def test_dropped_condition_passes_no_keywords(mix, batch):
+    x, sig, labels = batch
+    counted = Counting(mix)
+    ClassifierFreeGuidance(counted, 3.0)(x, sig, class_labels=labels)
+    assert [rows for rows, _ in counted.calls] == [6, 6]
+    assert set(counted.calls[0][1]) == {"class_labels"} and counted.calls[1][1] == {}
+
+
+def test_sample_with_guidance_and_no_uncond_guides(mix):
+    labels = torch.tensor([0, 1, 1, 0])
+    kw = {"steps": 8, "seeds": [3, 1, 4, 1], "class_labels": labels, "dtype": F64}
+    a = sample(mix, (4, 4), guidance_scale=3.0, **kw)
+    b = sample(mix, (4, 4), guidance_scale=3.0, uncond=UNCOND, **kw)
+    c = sample(mix, (4, 4), **kw)  # unguided
+    assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert float((a - c).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("w", [0.0, 3.0])
+def test_no_uncond_and_no_condition_is_refused(mix, batch, w):
+    x, sig, _ = batch
+    with pytest.raises(ValueError, match=r"guidance at scale .*needs an unconditional branch: pass uncond="):
+        ClassifierFreeGuidance(mix, w)(x, sig)
+    counted = Counting(mix)
+    with pytest.raises(ValueError, match=r"pass uncond=.*'class_labels': torch.tensor\(\[-1\]\)"):
+        sample(counted, (2, 4), guidance_scale=w)
+    assert counted.calls == []  # refused before sampling
+
+
+def test_scale_one_needs_no_uncond(mix, batch):
+    x, sig, labels = batch
+    assert torch.equal(ClassifierFreeGuidance(mix, 1.0)(x, sig, class_labels=labels),
+                       mix(x, sig, class_labels=labels))
+    assert torch.equal(ClassifierFreeGuidance(mix, 1.0)(x, sig), mix(x, sig))
+
+
+def test_uncond_keys_go_to_the_unconditional_pass_only(mix, batch):
+    """A condition bound inside the denoiser, overridden by ``uncond``: the conditional pass must not
+    receive uncond's keys (it used to, and both passes were unconditional)."""
+    x, sig, labels = batch
+    w = 2.5
+    bound = functools.partial(mix, class_labels=labels)
+    out = ClassifierFreeGuidance(bound, w, uncond={"class_labels": torch.full_like(labels, -1)})(x, sig)
+    d_c, d_u = parts(mix, x, sig, labels)
+    assert float((out - (d_u + w * (d_c - d_u))).abs().max()) <= 1e-13 * w

@@ -206,3 +206,50 @@ def test_lognormal_training_loss_expectation(oracle):
     integrand = WEIGHTINGS["edm"](s) * per_dim * torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
     expected = float(torch.trapezoid(integrand, z))
     assert abs(float(mc.mean()) - expected) < 4.5 * float(mc.std()) / math.sqrt(n)
+
+
+# --------------------------------------------------------------------------- weighting options
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("min_snr", {"gama": 2.0}, r"unknown min_snr weighting option key 'gama' \(did you mean 'gamma'\?\)"),
+    ("min_snr", {"sigma_data": 0.5}, r"unknown min_snr weighting option key 'sigma_data'; valid keys: gamma"),
+    ("edm", {"sigmadata": 0.5}, r"unknown edm weighting option key 'sigmadata' \(did you mean 'sigma_data'\?\)"),
+    ("edm", {"gamma": 5.0}, r"unknown edm weighting option key 'gamma'; valid keys: sigma_data"),
+    ("snr", {"gamma": 5.0}, r"unknown snr weighting option key 'gamma'; the snr weighting takes no options"),
+    ("v", {"sigma_data": 1.0}, r"unknown v weighting option key 'sigma_data'; the v weighting takes no options"),
+    ("uniform", {"scale": 2.0}, r"unknown uniform weighting option key 'scale'"),
+])
+def test_unknown_weighting_options_are_refused(oracle, name, options, message):
+    """They used to be swallowed by ``**_`` and ignored (a typo'd gamma trained with gamma = 5)."""
+    s = torch.tensor([0.5, 2.0], dtype=F64)
+    with pytest.raises(ValueError, match=message):
+        WEIGHTINGS[name](s, **options)
+    x0 = torch.zeros(2, 6, dtype=F64)
+    with pytest.raises(ValueError, match=message):
+        denoising_loss(oracle, x0, s, torch.zeros_like(x0), weighting=name, weighting_opts=options)
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("min_snr", {"gamma": -1.0}, r"min_snr weighting option gamma must be > 0, got -1"),
+    ("min_snr", {"gamma": 0}, r"min_snr weighting option gamma must be > 0"),
+    ("min_snr", {"gamma": math.nan}, r"min_snr weighting option gamma must be finite"),
+    ("min_snr", {"gamma": "5"}, None),  # a numeric string is a number
+    ("min_snr", {"gamma": "five"}, r"min_snr weighting option gamma must be a number, got 'five'"),
+    ("min_snr", {"gamma": True}, r"min_snr weighting option gamma must be a number, got True"),
+    ("edm", {"sigma_data": 0.0}, r"edm weighting option sigma_data must be > 0"),
+    ("edm", {"sigma_data": [0.5]}, r"edm weighting option sigma_data must be a number"),
+])
+def test_invalid_weighting_option_values_are_refused(name, options, message):
+    s = torch.tensor([0.5, 2.0], dtype=F64)
+    if message is None:
+        assert torch.equal(WEIGHTINGS[name](s, **options), WEIGHTINGS[name](s, gamma=5.0))
+        return
+    with pytest.raises(ValueError, match=message) as info:
+        WEIGHTINGS[name](s, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_weightings_list_their_options():
+    assert {name: fn.options for name, fn in WEIGHTINGS.items()} == {
+        "edm": ("sigma_data",), "snr": (), "min_snr": ("gamma",), "v": (), "uniform": ()}

@@ -272,10 +272,16 @@ def test_rescale_zero_terminal_snr(schedule):
     a, b = abar.sqrt(), r.sqrt()
     slope = (b[0] - b[-1]) / (a[0] - a[-1])
     assert torch.allclose(b, b[-1] + slope * (a - a[-1]), rtol=0, atol=1e-14)
-    # The zero-SNR end maps to a finite sigma through the clamp at 2**-24.
+    # The zero-SNR end maps to a finite sigma above the level before it: diffusers' 2**-24
+    # stand-in where that is above it (cosine), else the geometric continuation (linear: the
+    # three last alpha-bars are all below 2**-24, and a floor there used to merge them).
     sig = alphas_cumprod_to_sigmas(r)
     assert bool(torch.isfinite(sig).all())
-    assert float(sig[-1]) == pytest.approx(math.sqrt((1 - 2.0**-24) / 2.0**-24), rel=1e-14)
+    assert bool((sig[1:] > sig[:-1]).all())
+    assert torch.equal(sig[:-1], ((1 - r[:-1]) / r[:-1]).sqrt())  # no floor on positive alpha-bars
+    expected = max(math.sqrt((1 - 2.0**-24) / 2.0**-24), float(sig[-2] ** 2 / sig[-3]))
+    assert float(sig[-1]) == pytest.approx(expected, rel=1e-14)
+    assert (schedule == "cosine") == (expected < 4097)
 
 
 @pytest.mark.parametrize("make", [vp_linear_alphas_cumprod, vp_cosine_alphas_cumprod])

@@ -263,3 +263,14 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
         assert got == pytest.approx(want, rel=0.05)
     assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
     assert all(v.dtype == torch.float32 for v in bf16.ema.state_dict().values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("weighting", ["edm", "snr", "min_snr", "v", "uniform"])
+def test_every_loss_weighting_trains(tmp_path, weighting):
+    """Each registered weighting gets the run's options it takes (and no others), and gives a finite loss."""
+    from ebru.diffusion import WEIGHTINGS
+
+    assert weighting in WEIGHTINGS
+    trainer = Trainer(tiny_config(weighting=weighting), tmp_path, dataset=tiny_dataset(), progress=False)
+    loss = trainer.train_step()
+    assert loss == loss and 0 < loss < float("inf")

@@ -126,14 +126,28 @@ class DiscreteTimesteps:
     Index ``t`` (0-based) has ``sigma_t = sqrt((1 - abar_t) / abar_t)``; between two
     table entries the timestep is interpolated linearly in ``log sigma``, so
     ``t_to_sigma(sigma_to_t(s)) == s`` for every s in [sigma_min, sigma_max].
+
+    A zero-terminal-SNR table (last alpha-bar exactly 0) gets a finite top level above
+    the one before it (see :func:`~ebru.diffusion.noise.alphas_cumprod_to_sigmas`).
+
+    Raises ValueError unless ``alphas_cumprod`` is a 1-D table of at least 2 entries in
+    [0, 1) that strictly decreases (only the last may be 0); the message names the
+    first offending pair.
     """
 
     def __init__(self, alphas_cumprod: Tensor):
-        sig = alphas_cumprod_to_sigmas(torch.as_tensor(alphas_cumprod))
-        if sig.ndim != 1 or len(sig) < 2:
+        abar = torch.as_tensor(alphas_cumprod)
+        if abar.ndim != 1 or len(abar) < 2:
             raise ValueError("alphas_cumprod must be a 1-D table with at least 2 entries")
-        if not bool((sig[1:] > sig[:-1]).all()):
-            raise ValueError("alphas_cumprod must be strictly decreasing")
+        sig = alphas_cumprod_to_sigmas(abar)
+        if float(sig[0]) <= 0:
+            raise ValueError(f"alphas_cumprod[0] must be < 1 (sigma > 0), got {float(abar[0])}")
+        bad = (sig[1:] <= sig[:-1]).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"alphas_cumprod must be strictly decreasing, but entries {i} and {i + 1} are "
+                             f"{float(abar[i]):.6g} and {float(abar[i + 1]):.6g}"
+                             + (" (only the last entry may be 0)" if float(abar[i]) == 0 else ""))
         self.sigmas = sig
         self.log_sigmas = sig.log()
 
@@ -169,7 +183,11 @@ def vp_denoiser(net: Callable[..., Tensor], alphas_cumprod: Tensor, prediction: 
 
     ``t`` is the (fractional) 0-based timestep index; ``prediction`` is what the
     network was trained to output (``eps``, ``v`` or ``x0``). Sample it with any
-    sampler between ``denoiser.sigma_min`` and ``denoiser.sigma_max``.
+    sampler between ``denoiser.sigma_min`` and ``denoiser.sigma_max`` (what
+    :func:`~ebru.diffusion.sample` does by default). A zero-terminal-SNR table
+    (``zero_terminal_snr=True``; train it with ``v`` or ``x0``) has a finite
+    ``sigma_max`` above its second-to-last level. Raises ValueError for another
+    ``prediction`` or a bad table (see :class:`DiscreteTimesteps`).
     """
     if prediction not in ("eps", "v", "x0"):
         raise ValueError(f"VP networks predict 'eps', 'v' or 'x0', got {prediction!r}")

@@ -7,18 +7,27 @@ objective looks in that form (SNR = 1 / sigma^2 in the VE view):
 - ``edm``: lambda = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2 (Karras et al. 2022).
 - ``snr``: lambda = 1 / sigma^2, i.e. DDPM's L_simple on eps.
 - ``min_snr``: lambda = min(SNR, gamma) (Hang et al. 2023), default gamma = 5.
+
+Options go by keyword (``WEIGHTINGS["min_snr"](sigma, gamma=2)`` or ``denoising_loss(...,
+weighting_opts={"gamma": 2})``): ``edm`` takes ``sigma_data``, ``min_snr`` takes ``gamma``,
+the others none. An unknown option key or an invalid value raises ValueError, as unknown
+config keys do; pass ``sigma_data`` only to ``edm``.
 - ``v``: lambda = SNR + 1, i.e. plain MSE on v (sigma_data = 1).
 - ``uniform``: lambda = 1, plain MSE on x0.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ebru.checks import finite_number, unknown_key_message
 
 from .noise import vp_continuous_sigma
 from .registry import Registry
@@ -27,28 +36,61 @@ from .tensors import check_finite_number, sigma_batch, sigma_view
 WEIGHTINGS = Registry("loss weighting")
 
 
-@WEIGHTINGS.register("edm")
-def edm_weight(sigma: Tensor, sigma_data: float = 0.5, **_: Any) -> Tensor:
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+def _register_weighting(name: str):
+    """Register ``fn(sigma, *, option=default, ...)`` under ``name``, refusing unknown option keys.
+
+    The registered callable takes ``(sigma, **options)``; an option the weighting does not
+    have raises ValueError naming it, the nearest valid one and all of them. Its
+    ``options`` attribute lists the valid keys.
+    """
+
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        valid = tuple(list(inspect.signature(fn).parameters)[1:])
+
+        @functools.wraps(fn)
+        def checked(sigma: Tensor, **options: Any) -> Tensor:
+            for key in options:
+                if key not in valid:
+                    where = f"{name} weighting option"
+                    if not valid:
+                        raise ValueError(f"unknown {where} key {key!r}; the {name} weighting takes no options")
+                    raise ValueError(unknown_key_message(key, valid, where))
+            return fn(sigma, **options)
+
+        return WEIGHTINGS.register(name, checked, options=valid)
+
+    return add
 
 
-@WEIGHTINGS.register("snr")
-def snr_weight(sigma: Tensor, **_: Any) -> Tensor:
+@_register_weighting("edm")
+def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """``(sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2`` (Karras et al. 2022, eq. 8). ``sigma_data`` > 0."""
+    sd = finite_number("edm weighting option sigma_data", sigma_data, positive=True)
+    return (sigma**2 + sd**2) / (sigma * sd) ** 2
+
+
+@_register_weighting("snr")
+def snr_weight(sigma: Tensor) -> Tensor:
+    """``1 / sigma^2``: DDPM's L_simple on eps (Ho et al. 2020). No options."""
     return sigma**-2
 
 
-@WEIGHTINGS.register("min_snr")
-def min_snr_weight(sigma: Tensor, gamma: float = 5.0, **_: Any) -> Tensor:
+@_register_weighting("min_snr")
+def min_snr_weight(sigma: Tensor, gamma: float = 5.0) -> Tensor:
+    """``min(1 / sigma^2, gamma)`` (Hang et al. 2023, Min-SNR-gamma on x0). ``gamma`` > 0."""
+    gamma = finite_number("min_snr weighting option gamma", gamma, positive=True)
     return (sigma**-2).clamp(max=gamma)
 
 
-@WEIGHTINGS.register("v")
-def v_weight(sigma: Tensor, **_: Any) -> Tensor:
+@_register_weighting("v")
+def v_weight(sigma: Tensor) -> Tensor:
+    """``1 / sigma^2 + 1``: plain MSE on v with sigma_data = 1 (Salimans & Ho 2022). No options."""
     return sigma**-2 + 1
 
 
-@WEIGHTINGS.register("uniform")
-def uniform_weight(sigma: Tensor, **_: Any) -> Tensor:
+@_register_weighting("uniform")
+def uniform_weight(sigma: Tensor) -> Tensor:
+    """``1``: plain MSE on x0. No options."""
     return torch.ones_like(sigma)
 
 
@@ -110,7 +152,13 @@ def denoising_loss(
 ) -> Tensor:
     """Per-sample weighted denoising loss ``lambda(sigma) * mean |D(x0 + sigma n, sigma) - x0|^2``.
 
-    Returns a (B,) tensor; average it (or weight it further) to train.
+    ``weighting`` is a ``WEIGHTINGS`` name or a callable ``(sigma, **weighting_opts)``;
+    ``weighting_opts`` are that weighting's options (``edm``: ``sigma_data``;
+    ``min_snr``: ``gamma``; ``snr``, ``v``, ``uniform``: none).
+
+    Returns a (B,) tensor; average it (or weight it further) to train. Raises
+    ValueError for an unknown weighting or option key (naming the valid ones) and for
+    an invalid option value (e.g. ``gamma <= 0``).
     """
     s = sigma_batch(sigma, x0)
     weight = WEIGHTINGS.resolve(weighting)(s, **(weighting_opts or {}))

@@ -14,11 +14,13 @@ import math
 import torch
 from torch import Tensor
 
+from .defaults import SAMPLING
 from .tensors import check_finite_number, sigma_view
 
-# The smallest alpha-bar kept by a zero-terminal-SNR schedule when it is turned into
-# sigmas (alpha-bar = 0 would be sigma = inf); diffusers makes the same choice.
+# alpha-bar = 0 (zero terminal SNR) would be sigma = inf. Its finite stand-in is at least the
+# level of alpha-bar = 2**-24, the value diffusers substitutes (sigma ~ 4096); see alphas_cumprod_to_sigmas.
 ZERO_SNR_ALPHA_BAR = 2.0**-24
+ZERO_SNR_SIGMA = math.sqrt((1 - ZERO_SNR_ALPHA_BAR) / ZERO_SNR_ALPHA_BAR)
 
 
 def _check_steps(T: int) -> int:
@@ -72,9 +74,34 @@ def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
 
 
 def alphas_cumprod_to_sigmas(alphas_cumprod: Tensor) -> Tensor:
-    """VE noise levels ``sqrt((1 - abar) / abar)``; abar = 0 is clamped to 2**-24."""
-    abar = alphas_cumprod.to(torch.float64).clamp(min=ZERO_SNR_ALPHA_BAR)
-    return ((1 - abar) / abar).sqrt()
+    """VE noise levels ``sigma = sqrt((1 - abar) / abar)`` (float64, same shape).
+
+    Every ``abar > 0`` maps exactly, however small: no floor, so distinct alpha-bars stay
+    distinct levels (a floor at 2**-24 used to merge the last three levels of
+    ``vp_linear_alphas_cumprod(1000, zero_terminal_snr=True)`` and every level past
+    t ~ 1800 of a 2000-step linear table, which then could not be sampled).
+
+    ``abar = 0`` is zero terminal SNR (Lin et al. 2024), sigma = inf, and gets a finite
+    stand-in: for the last entry of a 1-D table, the larger of ``ZERO_SNR_SIGMA``
+    (abar = 2**-24, diffusers' choice, ~4096) and the geometric continuation of the two
+    levels before it (``s[-2]**2 / s[-3]``, or ``2 s[-2]`` after a single level), so the
+    table stays strictly increasing; anywhere else, ``ZERO_SNR_SIGMA``.
+
+    Raises ValueError if an entry is NaN or outside [0, 1].
+    """
+    abar = torch.as_tensor(alphas_cumprod).to(torch.float64)
+    if not bool(((abar >= 0) & (abar <= 1)).all()):
+        raise ValueError("alphas_cumprod must lie in [0, 1] (alpha-bar is a signal fraction)")
+    zero = abar == 0
+    sig = ((1 - abar) / abar.masked_fill(zero, 1.0)).sqrt()
+    if not bool(zero.any()):
+        return sig
+    stand_in = ZERO_SNR_SIGMA
+    if abar.ndim == 1 and bool(zero[-1]) and len(abar) >= 2 and not bool(zero[-2]):
+        prev = sig[:-1]
+        cont = float(prev[-1] ** 2 / prev[-2]) if len(prev) >= 2 and float(prev[-2]) > 0 else 2 * float(prev[-1])
+        stand_in = max(stand_in, cont)
+    return sig.masked_fill(zero, stand_in)
 
 
 def sigmas_to_alphas_cumprod(sigmas: Tensor) -> Tensor:
@@ -109,9 +136,15 @@ def q_sample(x0: Tensor, alphas_cumprod: Tensor, t: Tensor, noise: Tensor) -> Te
 
 
 class EDMNoise:
-    """The EDM noise range (Karras et al. 2022): sigma in [sigma_min, sigma_max], sigma_data."""
+    """The EDM noise range (Karras et al. 2022): sigma in [sigma_min, sigma_max], sigma_data.
 
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+    The range defaults to ``ebru.diffusion.defaults.SAMPLING`` (0.002, 80: EDM Table 1);
+    ``sigma_data`` to 0.5 (images in [-1, 1]). Raises ValueError for a non-finite or
+    non-positive value or ``sigma_min >= sigma_max``.
+    """
+
+    def __init__(self, sigma_min: float = SAMPLING.sigma_min, sigma_max: float = SAMPLING.sigma_max,
+                 sigma_data: float = 0.5):
         self.sigma_min = check_finite_number("sigma_min", sigma_min, positive=True)
         self.sigma_max = check_finite_number("sigma_max", sigma_max, positive=True)
         self.sigma_data = check_finite_number("sigma_data", sigma_data, positive=True)

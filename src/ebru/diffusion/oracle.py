@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ebru.checks import positive_int
+
 from .tensors import Generator, randn_like, sigma_batch
 
 _F64 = torch.float64
@@ -143,7 +145,11 @@ class GaussianMixture:
     @classmethod
     def random(cls, dim: int = 16, components: int = 8, narrow: tuple[float, float] = (0.02, 0.2),
                spread: float = 1.0, classes: int | None = None, seed: int = 0) -> GaussianMixture:
-        """Random well-separated anisotropic components with stds in ``narrow``, means ~ N(0, spread^2)."""
+        """Random well-separated anisotropic components with stds in ``narrow``, means ~ N(0, spread^2).
+
+        ``classes``: ``None`` (no labels) or an integer >= 1; component k gets label
+        ``k % classes``. Raises ValueError for ``classes`` 0 or not an integer.
+        """
         g = torch.Generator().manual_seed(seed)
         means = torch.randn(components, dim, generator=g, dtype=_F64) * spread
         covs = []
@@ -153,7 +159,9 @@ class GaussianMixture:
             stds = narrow[0] * (narrow[1] / narrow[0]) ** u
             covs.append(q @ torch.diag(stds**2) @ q.T)
         weights = 0.5 + torch.rand(components, generator=g, dtype=_F64)
-        labels = torch.arange(components) % classes if classes else None
+        if classes is not None:
+            classes = positive_int("classes", classes)  # 0 is refused, not read as "no labels"
+        labels = torch.arange(components) % classes if classes is not None else None
         return cls(weights, means, torch.stack(covs), labels)
 
     def _log_resp(self, y: Tensor, var: Tensor, class_labels: Tensor | None) -> Tensor:

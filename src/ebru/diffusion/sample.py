@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .defaults import SAMPLING
 from .editing import Inpaint, img2img_start
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, missing_uncond_message
 from .samplers import SAMPLERS, Callback
 from .steps import get_sigmas
 from .tensors import check_finite_number, randn_like, seed_generators
@@ -38,9 +39,9 @@ def sample(
     denoiser,
     shape: Sequence[int],
     *,
-    sampler: str | Callable[..., Tensor] = "dpmpp_2m",
-    steps: int = 20,
-    schedule: str | Callable[..., Tensor] = "karras",
+    sampler: str | Callable[..., Tensor] = SAMPLING.sampler,
+    steps: int = SAMPLING.steps,
+    schedule: str | Callable[..., Tensor] = SAMPLING.schedule,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     seeds: Sequence[int] | int | None = None,
@@ -64,18 +65,27 @@ def sample(
         denoiser: ``D(x, sigma, **cond)``.
         shape: full batch shape ``(B, ...)``.
         sampler, steps, schedule, sigma_min, sigma_max: see ``SAMPLERS`` and ``SCHEDULES``;
-            ``steps`` counts schedule intervals (NFE depends on the sampler). The
-            sigma range defaults to the denoiser's ``sigma_min``/``sigma_max``
-            attributes (set by :func:`vp_denoiser`), else EDM's 0.002 and 80.
+            ``steps`` counts schedule intervals (NFE depends on the sampler) and must be
+            an integer >= 1. Defaults come from ``ebru.diffusion.defaults.SAMPLING``
+            (dpmpp_2m, 20, karras). The sigma range defaults to the denoiser's
+            ``sigma_min``/``sigma_max`` attributes (set by :func:`vp_denoiser`), else
+            ``SAMPLING.sigma_min``/``sigma_max`` (EDM's 0.002 and 80). Only ``None``
+            selects a default: 0, NaN or a wrong type raises ValueError.
         seeds: one integer per sample, or a first seed (then ``seed, seed+1, ...``);
             default ``0..B-1``.
         guidance_scale, uncond, guidance_interval: classifier-free guidance
-            (see :class:`~ebru.diffusion.guidance.ClassifierFreeGuidance`).
+            (see :class:`~ebru.diffusion.guidance.ClassifierFreeGuidance`); scale ``None``
+            (default): no guidance. Without ``uncond`` the unconditional pass drops
+            ``**cond`` (the model's null condition); a scale other than 1 with neither
+            ``uncond`` nor ``**cond`` raises ValueError.
         init, strength: img2img (SDEdit) from ``init`` at ``strength``.
         mask: with ``init``, inpaint where ``mask`` is 1 and keep ``init`` where it is 0.
         callback: called after every step with a dict (i, x, sigma, sigma_next, denoised).
         progress: show a progress bar.
         **cond: conditioning passed to the denoiser (e.g. ``class_labels``).
+
+    Returns a tensor of ``shape`` and ``dtype`` on ``device``. Raises ValueError for
+    a bad argument (unknown names list the valid choices) before any sampling.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1 or any(s < 1 for s in shape):
@@ -89,8 +99,8 @@ def sample(
     if len(seeds) != batch:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
     step_fn = SAMPLERS.resolve(sampler)
-    sigma_min = getattr(denoiser, "sigma_min", 0.002) if sigma_min is None else sigma_min
-    sigma_max = getattr(denoiser, "sigma_max", 80.0) if sigma_max is None else sigma_max
+    sigma_min = getattr(denoiser, "sigma_min", SAMPLING.sigma_min) if sigma_min is None else sigma_min
+    sigma_max = getattr(denoiser, "sigma_max", SAMPLING.sigma_max) if sigma_max is None else sigma_max
     sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, **(schedule_opts or {})).to(device)
     gens = seed_generators(seeds)
     noise = randn_like(torch.empty(shape, dtype=dtype), gens).to(device)
@@ -98,6 +108,8 @@ def sample(
     d = denoiser
     if guidance_scale is not None:
         d = ClassifierFreeGuidance(d, guidance_scale, uncond=uncond, interval=guidance_interval)
+        if d.scale != 1.0 and uncond is None and not cond:  # fail before sampling, not at its first step
+            raise ValueError(missing_uncond_message(d.scale))
     if mask is not None and init is None:
         raise ValueError("mask needs init: the image whose unmasked region is kept")
     strength = check_finite_number("strength", strength)

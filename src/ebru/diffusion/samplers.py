@@ -16,16 +16,35 @@ optimises schedules).
 
 The ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, eq. 3
 with s = 1); the exponential-integrator samplers use lambda = -log sigma.
+
+**The sigma array.** Every sampler first passes ``sigmas`` through
+:func:`check_sigmas`, one rule for all of them:
+
+- ``sigmas`` must be a 1-D array of finite levels >= 0 that never increases.
+  An increasing pair (``[80, 1, 10, 0]``), a negative level, NaN or infinity raises a
+  ``ValueError`` naming the index and the values: these samplers integrate toward
+  lower noise only (run an inversion by other means).
+- A repeated level (``[80, 10, 1, 1, 0.1, 0]``) is a zero-length step and is
+  *skipped*: no denoiser call, no noise drawn, no callback, and the multistep
+  history (DPM-Solver++ 2M/3M, UniPC) is left as it was. The result is therefore
+  exactly what the same sampler returns with the repeated level removed. (Before,
+  the multistep samplers divided by the zero step, ``r = h_prev / h``, and returned
+  NaN; k-diffusion has the same fault.)
+
+Strictly decreasing arrays (every ``SCHEDULES`` entry) are sampled exactly as
+before this rule existed: the check only decides which steps run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ebru.checks import positive_int
 
 from .registry import Registry
 from .tensors import Generator, randn_like, sigma_batch
@@ -45,6 +64,47 @@ def _nfe_heun(n: int) -> int:
 
 def _prepare(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def check_sigmas(sigmas: Tensor | Sequence[float], x: Tensor | None = None) -> tuple[Tensor, list[int]]:
+    """Validate a sampler's sigma array and list the steps that move.
+
+    Args:
+        sigmas: (n + 1,) noise levels, first the level of ``x``; a tensor (kept as
+            it is, so gradients flow to it) or a sequence of numbers (made a float64
+            tensor on ``x``'s device).
+        x: the samples, only for the device of a converted sequence.
+
+    Returns:
+        ``(sigmas, steps)``: the array as a tensor, and the indices ``i`` with
+        ``sigmas[i + 1] < sigmas[i]``. A step with ``sigmas[i + 1] == sigmas[i]`` is
+        zero-length and left out: samplers skip it (see the module docstring).
+
+    Raises:
+        ValueError: ``sigmas`` is not 1-D with at least one level, or holds NaN,
+            an infinity, a negative level or an increasing pair (named by index).
+    """
+    if not isinstance(sigmas, Tensor):
+        try:
+            sigmas = torch.as_tensor(list(sigmas), dtype=torch.float64,
+                                     device=x.device if x is not None else None)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"sigmas must be a 1-D tensor or sequence of numbers, got {sigmas!r}") from None
+    if sigmas.ndim != 1 or sigmas.numel() < 1:
+        raise ValueError(f"sigmas must be a 1-D array of at least one noise level, got shape {tuple(sigmas.shape)}")
+    s = sigmas.detach()
+    if not bool(torch.isfinite(s).all()):
+        i = int((~torch.isfinite(s)).nonzero()[0])
+        raise ValueError(f"sigmas must be finite, got sigmas[{i}] = {float(s[i])}")
+    if bool((s < 0).any()):
+        i = int((s < 0).nonzero()[0])
+        raise ValueError(f"sigmas must be >= 0, got sigmas[{i}] = {float(s[i]):g}")
+    up = s[1:] > s[:-1]
+    if bool(up.any()):
+        i = int(up.nonzero()[0])
+        raise ValueError(f"sigmas must not increase: sigmas[{i + 1}] = {float(s[i + 1]):g} > "
+                         f"sigmas[{i}] = {float(s[i]):g} (samplers run from high noise to low)")
+    return sigmas, (s[1:] < s[:-1]).nonzero().flatten().tolist()
 
 
 def _call(denoiser, x: Tensor, sigma: Tensor) -> Tensor:
@@ -72,11 +132,13 @@ def euler(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None, c
           s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> Tensor:
     """Euler's method on the PF-ODE (EDM Alg. 2 without the Heun correction). NFE = n.
 
-    With ``s_churn > 0`` noise is added before each step (stochastic).
+    With ``s_churn > 0`` noise is added before each step (stochastic). A repeated
+    level is skipped (no churn either) and does not count in ``n`` of ``s_churn / n``.
     """
     x = _prepare(x)
-    n = len(sigmas) - 1
-    for i in range(n):
+    sigmas, steps = check_sigmas(sigmas, x)
+    n = len(steps)
+    for i in steps:
         x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = _call(denoiser, x, s)
         x = denoised if bool(sigmas[i + 1] == 0) else x + (sigmas[i + 1] - s) * (x - denoised) / s
@@ -91,11 +153,12 @@ def heun(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None, ca
 
     The last step (to sigma = 0) is an Euler step. ``s_churn``, ``s_tmin``,
     ``s_tmax`` and ``s_noise`` are Algorithm 2's stochasticity knobs
-    (EDM ImageNet-64: 40, 0.05, 50, 1.003).
+    (EDM ImageNet-64: 40, 0.05, 50, 1.003). A repeated level is skipped, as in :func:`euler`.
     """
     x = _prepare(x)
-    n = len(sigmas) - 1
-    for i in range(n):
+    sigmas, steps = check_sigmas(sigmas, x)
+    n = len(steps)
+    for i in steps:
         x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         s_next = sigmas[i + 1]
         denoised = _call(denoiser, x, s)
@@ -124,10 +187,12 @@ def ddim(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None, ca
     ``x' = D + sigma_down * (x - D) / sigma + sigma_up * z`` with
     ``sigma_up = eta * sigma' sqrt(1 - sigma'^2/sigma^2)`` and
     ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``. ``eta = 0`` is deterministic
-    (= Euler = DPM-Solver++(1)); ``eta = 1`` is DDPM's ancestral sampler.
+    (= Euler = DPM-Solver++(1)); ``eta = 1`` is DDPM's ancestral sampler. A repeated
+    level is skipped (no noise is drawn for it).
     """
     x = _prepare(x)
-    for i in range(len(sigmas) - 1):
+    sigmas, steps = check_sigmas(sigmas, x)
+    for i in steps:
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = _call(denoiser, x, s)
         if bool(s_next == 0):
@@ -147,9 +212,11 @@ def ddpm(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None, ca
 
     Draws from the Gaussian posterior q(x' | x, x0 = D): mean
     ``D + (sigma'/sigma)^2 (x - D)``, variance ``sigma'^2 (sigma^2 - sigma'^2) / sigma^2``.
+    A repeated level is skipped (no noise is drawn for it).
     """
     x = _prepare(x)
-    for i in range(len(sigmas) - 1):
+    sigmas, steps = check_sigmas(sigmas, x)
+    for i in steps:
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = _call(denoiser, x, s)
         if bool(s_next == 0):
@@ -167,11 +234,14 @@ def dpmpp_2m(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None
 
     ``x' = (sigma'/sigma) x - expm1(-h) D_i`` with ``h = log(sigma/sigma')`` and
     ``D_i = (1 + 1/(2r)) D - 1/(2r) D_prev``, ``r = h_prev / h``; the first step is
-    DDIM and the step to 0 returns the denoiser output.
+    DDIM and the step to 0 returns the denoiser output. A repeated level is skipped
+    and leaves ``D_prev`` and ``h_prev`` as they were (a zero ``h`` would make ``r``
+    infinite and the next step NaN).
     """
     x = _prepare(x)
+    sigmas, steps = check_sigmas(sigmas, x)
     old, h_last = None, None
-    for i in range(len(sigmas) - 1):
+    for i in steps:
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = _call(denoiser, x, s)
         if bool(s_next == 0):
@@ -196,13 +266,14 @@ def dpmpp_2m_sde(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = 
 
     ``eta`` scales the injected noise (0 gives a deterministic 2nd-order solver);
     ``solver_type`` is ``"midpoint"`` or ``"heun"``. Noise is drawn independently
-    each step from ``generator``.
+    each step from ``generator``. A repeated level is skipped, as in :func:`dpmpp_2m`.
     """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     x = _prepare(x)
+    sigmas, steps = check_sigmas(sigmas, x)
     old, h_last = None, None
-    for i in range(len(sigmas) - 1):
+    for i in steps:
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = _call(denoiser, x, s)
         if bool(s_next == 0):
@@ -246,15 +317,20 @@ def dpmpp_3m(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None
     small sigma: on the Fashion-MNIST model of benchmarks/quality_vs_nfe.py (500
     samples, Karras) FID goes from 17.1 to 14.4 at 5 steps and from 36.6 to 30.6 at
     10 with it; 2M gives 15.0 and 12.8. Below 20 steps prefer ``dpmpp_2m`` or ``unipc``.
+
+    A repeated level is skipped and leaves the history as it was; ``n`` above counts
+    the steps that move, so the result equals that of the array without the repeat.
     """
     x = _prepare(x)
-    n = len(sigmas) - 1
+    sigmas, steps = check_sigmas(sigmas, x)
+    n = len(steps)
     if lower_order_final is None:
         lower_order_final = n < 15
-    last_nonzero = n - 2 if n > 0 and bool(sigmas[-1] == 0) else n - 1
+    # the last step before the step to sigma = 0 (-1: none)
+    last_nonzero = (steps[-2] if n > 1 else -1) if n > 0 and bool(sigmas[-1] == 0) else (steps[-1] if n else -1)
     d1_prev = d2_prev = None  # previous denoised outputs
     h_1 = h_2 = None
-    for i in range(n):
+    for i in steps:
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = _call(denoiser, x, s)
         if bool(s_next == 0):
@@ -315,19 +391,20 @@ def unipc(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None, c
     evaluation and raises the order by one: ``order=2`` (the default, "UniPC-3")
     is 3rd order overall. ``variant`` picks B(h): ``"bh2"`` (expm1, default) or
     ``"bh1"``. Orders ramp up over the first steps and the step to 0 returns the
-    denoiser output.
+    denoiser output. A repeated level is skipped whole (no evaluation, no
+    correction), so the history and the corrector see the array without the repeat.
     """
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    if not isinstance(order, int) or not 1 <= order <= 4:
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
         raise ValueError(f"order must be an integer from 1 to 4, got {order!r}")
     x = _prepare(x)
-    n = len(sigmas) - 1
+    sigmas, steps = check_sigmas(sigmas, x)
     lams: list[Tensor] = []  # -log sigma of past evaluation points
     outs: list[Tensor] = []  # denoiser outputs there
     x_last = None  # state at the start of the previous step (for the corrector)
     last_order = 0
-    for i in range(n):
+    for i in steps:
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = _call(denoiser, x, s)
         lam = -s.log()
@@ -372,13 +449,22 @@ def _uni_update(x: Tensor, lam_s: Tensor, lam_t: Tensor, m0: Tensor, lam_prev: l
 
 
 def sampler_nfe(sampler: str | Callable[..., Tensor], n: int) -> int:
-    """Denoiser evaluations a registered sampler makes for an n-step schedule ending in 0."""
+    """Denoiser evaluations a registered sampler makes for an n-step schedule ending in 0
+    (strictly decreasing: repeated levels are skipped and cost nothing).
+
+    Raises ValueError for an unknown sampler or ``n`` not an integer >= 1.
+    """
     fn = SAMPLERS.resolve(sampler)
+    n = positive_int("steps", n)
     return fn.nfe(n) if hasattr(fn, "nfe") else n
 
 
 def steps_for_nfe(sampler: str | Callable[..., Tensor], nfe: int) -> int:
-    """The largest step count whose NFE does not exceed ``nfe`` (at least 1)."""
+    """The largest step count whose NFE does not exceed ``nfe``.
+
+    Raises ValueError if ``nfe`` is not an integer >= 1 (0 is refused, not rounded up to a step).
+    """
+    nfe = positive_int("nfe", nfe)
     n = 1
     while sampler_nfe(sampler, n + 1) <= nfe:
         n += 1

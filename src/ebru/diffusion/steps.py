@@ -132,12 +132,12 @@ class WarpedSchedule:
         return json.dumps({"name": self.name, "knots": self.knots.tolist(), "info": self.info}, indent=1)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> WarpedSchedule:
         try:
-            d = json.loads(Path(path).read_text())
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(d["knots"], name=d.get("name", "warped"), info=d.get("info"))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a warped-schedule file ({e})") from None

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 import ebru
 from ebru.data import ImageDataset, load_dataset
 from ebru.data.grid import save_grid
-from ebru.diffusion import LogNormalSigma, Precond, denoising_loss, sample
+from ebru.diffusion import WEIGHTINGS, LogNormalSigma, Precond, denoising_loss, sample
 from ebru.diffusion.defaults import SAMPLING
 from ebru.nets import build_net
 from ebru.trust import card_front_matter, write_trained_package
@@ -84,6 +84,8 @@ class ImageTask:
         self.net_config = image_net_config(cfg, self.data)
         self.conditional = self.net_config["num_classes"] is not None
         self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
+        # the run's settings that the loss weighting takes (EDM's needs sigma_data; snr, v and uniform take none)
+        self.weighting_options = WEIGHTINGS[cfg.weighting].options
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         """(the network whose weights are trained and saved, its preconditioned Denoiser that the loss calls)."""
@@ -114,8 +116,9 @@ class ImageTask:
             labels = self.labels[idx].clone()
             labels[batch["drop"][part].to(self.device)] = NULL_LABEL
             cond["class_labels"] = labels
+        options = {k: v for k, v in {"sigma_data": self.cfg.sigma_data}.items() if k in self.weighting_options}
         return denoising_loss(model, x0, batch["sigma"][part].to(self.device), batch["noise"][part].to(self.device),
-                              self.cfg.weighting, {"sigma_data": self.cfg.sigma_data}, **cond)
+                              self.cfg.weighting, options, **cond)
 
     # ---------------------------------------------------------------------------------------- outputs
     def denoiser(self, net: nn.Module) -> Precond:
