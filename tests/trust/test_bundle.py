@@ -131,3 +131,19 @@ def test_unpack_verifies_before_the_directory_appears(make_package, keys, tmp_pa
     with pytest.raises(SignatureError, match=r"plain.tar: model.sig: missing"):
         unpack(unsigned, tmp_path / "out", trusted_keys=keys.trusted)
     assert unpack(unsigned, tmp_path / "out", trusted_keys=keys.trusted, allow_unsigned=True).is_dir()
+
+
+def test_unpack_decides_the_licence_before_the_directory_appears(make_package, tmp_path):
+    """A licence the policy denies is refused by unpack itself: no directory, no temporary left behind."""
+    from ebru.trust import LicenseError
+
+    from .conftest import CARD
+
+    denied = make_package("nc", card=CARD.replace("license: mit", "license: cc-by-nc-4.0"))
+    bundle = pack(denied, tmp_path / "nc.tar")  # packing does not decide; the receiving side does
+    with pytest.raises(LicenseError, match=r"cc-by-nc-4.0.*denied"):
+        unpack(bundle, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    allow = tmp_path / "policy.toml"
+    allow.write_text('[licenses]\n"cc-by-nc-4.0" = "allow"\n', encoding="utf-8")
+    assert (unpack(bundle, tmp_path / "out", policy=allow) / "manifest.json").is_file()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from typing import Any
 
@@ -138,12 +137,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 def _cmd_unpack(args: argparse.Namespace) -> int:
     from ebru.trust import unpack, verify
 
-    out = unpack(args.bundle, args.out, trusted_keys=args.trusted_keys, allow_unsigned=args.allow_unsigned)
-    try:
-        m = verify(out, quiet=True, **load_options(args))  # the licence policy, on what was just unpacked
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # this command made it (-o must be new); leave nothing usable
-        raise
+    out = unpack(args.bundle, args.out, **load_options(args))  # the licence policy before the directory appears
+    m = verify(out, quiet=True, **load_options(args))  # for the summary line
     headline = "unpacked and verified" if m.signer is not None else "unpacked"
     print(f"{headline}: {out}\npackage:   {describe_origin(m)}")
     return 0

@@ -32,6 +32,7 @@ from typing import IO
 from .errors import BundleError, IntegrityError, TrustError
 from .files import CHUNK, valid_name
 from .keys import TrustedKeys
+from .license import Policy
 from .loader import verify_integrity
 from .manifest import SIGNATURE
 from .staging import Staged
@@ -172,11 +173,15 @@ def _extract(bundle: Path, tmp: Path) -> None:
 
 
 def unpack(bundle: str | os.PathLike, out_dir: str | os.PathLike, *,
-           trusted_keys: TrustedKeys | str | os.PathLike | None = None, allow_unsigned: bool = False) -> Path:
+           trusted_keys: TrustedKeys | str | os.PathLike | None = None, allow_unsigned: bool = False,
+           policy: Policy | str | os.PathLike | None = None, acknowledge: tuple[str, ...] | list[str] = ()) -> Path:
     """Extract and verify a bundle into the new directory ``out_dir``; returns it.
 
-    Nothing is left on failure or interruption (the private temporary directory is removed), and
-    the audit log records the abandoned unpack.
+    Verified means what :func:`ebru.load` checks: the manifest, the signature, the strict weights
+    structure and the licence under ``policy`` (None: the policy in force; ``acknowledge`` as for
+    ``load``). ``out_dir`` appears only once all of it passed. Nothing is left on failure or
+    interruption (the private temporary directory is removed), and the audit log records the
+    abandoned unpack.
     """
     bundle, out = Path(bundle), Path(out_dir)
     with Staged("unpack", out, bundle=os.path.abspath(bundle)) as op:
@@ -188,8 +193,11 @@ def unpack(bundle: str | os.PathLike, out_dir: str | os.PathLike, *,
         _extract(bundle, tmp)
         try:
             pkg, signer, warnings = verify_integrity(tmp, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned,
-                                                     label=f"the package in {bundle}")
-        except TrustError as e:  # name the bundle, not the temporary directory
+                                                     label=f"the package in {bundle}", licence=True, policy=policy,
+                                                     acknowledge=acknowledge)
+        except TrustError as e:  # a file of the package: name the bundle, not the temporary directory
+            if not Path(e.path).is_relative_to(tmp):
+                raise
             raise type(e)(bundle, f"{Path(e.path).name}: {e.reason}") from None
         os.chmod(tmp, 0o755)
         op.publish_dir(tmp, replace=False)

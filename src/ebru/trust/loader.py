@@ -229,13 +229,22 @@ def verify(model_dir: str | os.PathLike, policy: Policy | str | os.PathLike | No
 
 
 def verify_integrity(model_dir: str | os.PathLike, *, trusted_keys: TrustedKeys | str | os.PathLike | None = None,
-                     allow_unsigned: bool = False, label: str | None = None,
+                     allow_unsigned: bool = False, label: str | None = None, licence: bool = False,
+                     policy: Policy | str | os.PathLike | None = None,
+                     acknowledge: tuple[str, ...] | list[str] = (),
                      ) -> tuple[CheckedPackage, TrustedKey | None, list[str]]:
-    """Manifest, signature and strict weights structure, without the licence policy (for pack/unpack)."""
+    """Manifest, signature and strict weights structure (for pack/unpack); with ``licence``, the policy too.
+
+    With ``licence=True`` the card's licence (and its ``base_model`` chain) is decided under ``policy``
+    (None: the policy in force) exactly as :func:`load` does, and a refusal raises ``LicenseError``.
+    """
     d = Path(model_dir)
     warnings: list[str] = []
-    pkg = check_package(d)
+    pkg = check_package(d, keep={CARD} if licence else frozenset())
     signer = _signature_step(pkg, resolve_trusted_keys(trusted_keys), allow_unsigned, warnings, label)
+    if licence:
+        decide(parse_card(pkg.contents[CARD], d / CARD), pkg.manifest.lineage, load_policy(policy), d / CARD,
+               acknowledge)
     validate_file(d / WEIGHTS, stamp=pkg.stamps[WEIGHTS])
     return pkg, signer, warnings
 
