@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -143,6 +144,14 @@ def test_an_unwritable_output_is_refused_in_one_line(capsys, tmp_path, name, fla
     assert (code, out) == (2, "")
     assert re.search(rf"argument (-o/)?{flag}: cannot write .*: {re.escape(str(blocker))} is not a directory",
                      one_error_line(err))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_on_a_file_system_that_refuses_writes_is_refused_even_for_root(tmp_path):
+    """Permission bits say root may write anywhere; /proc refuses all the same, so the check must try."""
+    for fn in (argtypes.output_file, argtypes.output_dir, argtypes.new_dir):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"cannot write /proc/ebru-test/x: /proc"):
+            fn("/proc/ebru-test/x")
 
 
 def test_output_checks_name_the_fault(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ def _creatable(target: Path, wanted: Path) -> None:
         raise argparse.ArgumentTypeError(f"cannot write {wanted}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write {wanted}: {ancestor} is not writable")
+    try:  # permission bits do not tell root about read-only or virtual file systems (/proc): try it
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write {wanted}: {ancestor}: {e.strerror or e}") from None
 
 
 def output_file(text: str) -> str:
