@@ -169,11 +169,17 @@ def _creatable(target: Path, wanted: Path) -> None:
         raise argparse.ArgumentTypeError(f"cannot write {wanted}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write {wanted}: {ancestor} is not writable")
-    try:  # permission bits do not tell root about read-only or virtual file systems (/proc): try it
-        with tempfile.TemporaryFile(dir=ancestor):
+    _try_writing(ancestor, wanted)
+
+
+def _try_writing(directory: Path, wanted: Path) -> None:
+    """Create and remove a temporary file in ``directory``: permission bits do not tell root about read-only
+    or virtual file systems (/proc, /sys), so the check tries."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write {wanted}: {ancestor}: {e.strerror or e}") from None
+        raise argparse.ArgumentTypeError(f"cannot write {wanted}: {directory}: {e.strerror or e}") from None
 
 
 def output_file(text: str) -> str:
@@ -197,6 +203,7 @@ def output_dir(text: str) -> str:
             raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
         if not os.access(path, os.W_OK | os.X_OK):
             raise argparse.ArgumentTypeError(f"cannot write into {text}: the directory is not writable")
+        _try_writing(path, path)
     else:
         _creatable(path, path)
     return text
