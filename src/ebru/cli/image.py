@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from .options import (
     note_guidance,
 )
 
-RECIPES = "quickstart, fashion_mnist_gpu, folder64_gpu, dit_fashion_mnist"
+# The built-in recipes, read from the package's data folder (not from ebru.train: `ebru --help` stays fast).
+RECIPES = ", ".join(sorted(p.name.removesuffix(".toml") for p in files("ebru").joinpath("recipes").iterdir()
+                           if p.name.endswith(".toml")))
 
 
 # ------------------------------------------------------------------------------------------ commands

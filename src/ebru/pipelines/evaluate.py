@@ -5,8 +5,9 @@ and scored by ``ebru.eval`` (FID, KID, precision/recall, class agreement); ``nll
 ``nll_bound`` are measured on real data. Every figure carries the sample count, the seeds, the
 feature network's SHA-256 and the reference data's content hash.
 
-Time: sampling dominates. At the defaults (2,000 images, 20 dpmpp_2m steps) on ebru's
-Fashion-MNIST quickstart model that is about 40,000 network calls, a few minutes on a 2-core CPU.
+Time: sampling dominates. At the defaults (2,000 images, 20 dpmpp_2m steps, classifier-free
+guidance: two network passes per image and step) on ebru's Fashion-MNIST quickstart model that
+is 80,000 image passes, about 12 minutes on a 2-core CPU (docs/results.md).
 """
 
 from __future__ import annotations

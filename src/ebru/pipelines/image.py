@@ -99,7 +99,8 @@ class ImagePipeline:
                  sampler: str | None = None, schedule: str | Callable | None = None,
                  seeds: Sequence[int] | int = 0, progress: bool = False,
                  callback: Callable[[dict], None] | None = None) -> Tensor:
-        """Generate ``n`` images (B, C, H, W) in [-1, 1].
+        """Generate ``n`` images (B, C, H, W), in [-1, 1] up to the model's error (not clipped; ``save_images``
+        and ``save_grid`` clip when they write).
 
         ``class_labels``: one class (index or name) for all, or one per image; for a
         class-conditional model without labels, classes cycle 0, 1, 2, ...
