@@ -58,8 +58,9 @@ def test_an_unexpected_error_is_one_line_exit_1_and_asks_for_the_trace(capsys, m
     failing_samplers(monkeypatch, RuntimeError("boom\nsecond line"))
     code, _, err = run(capsys, "samplers")
     assert code == 1 and TRACE not in err
-    assert re.search(r"^ebru: error: unexpected RuntimeError: boom second line \(please report it; rerun with "
-                     r"'ebru --traceback \.\.\.' or EBRU_DEBUG=1", err) and err.count("\n") == 1
+    # the facts: unexpected, the exception's type and text (on one line), and how to see the trace
+    assert re.search(r"^ebru: error: unexpected RuntimeError: boom second line .*report.*--traceback.*EBRU_DEBUG=1",
+                     err) and err.count("\n") == 1
     code, _, err = run(capsys, "--traceback", "samplers")
     assert code == 1 and err.startswith(TRACE) and "in boom" in err
 
@@ -67,9 +68,11 @@ def test_an_unexpected_error_is_one_line_exit_1_and_asks_for_the_trace(capsys, m
 def test_an_os_error_names_the_file_not_the_errno(capsys, monkeypatch):
     failing_samplers(monkeypatch, PermissionError(13, "Permission denied", "/data/out.png"))
     code, _, err = run(capsys, "samplers")
-    assert (code, err) == (2, "ebru: error: /data/out.png: Permission denied\n")
+    assert code == 2 and err.count("\n") == 1
+    assert re.match(r"ebru: error: /data/out\.png: Permission denied$", err) and "Errno" not in err and "13" not in err
     failing_samplers(monkeypatch, FileNotFoundError("bundle not found: b.tar"))
-    assert run(capsys, "samplers")[2] == "ebru: error: bundle not found: b.tar\n"
+    err = run(capsys, "samplers")[2]
+    assert err.count("\n") == 1 and re.match(r"ebru: error: bundle not found: b\.tar$", err)
 
 
 def test_an_interrupt_inside_a_command_is_one_line_and_130(capsys, monkeypatch):

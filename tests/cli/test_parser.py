@@ -158,7 +158,8 @@ def test_output_checks_name_the_fault(tmp_path):
     existing = tmp_path / "file.json"
     existing.write_text("{}", encoding="utf-8")
     assert argtypes.output_file(str(existing)) == str(existing)
-    assert argtypes.output_file(str(tmp_path / "new" / "deeper" / "r.json"))  # made later, under a writable dir
+    later = str(tmp_path / "new" / "deeper" / "r.json")
+    assert argtypes.output_file(later) == later  # made later, under a writable dir
     assert argtypes.output_dir(str(tmp_path / "new-dir")) == str(tmp_path / "new-dir")
     for fn, path, fact in ((argtypes.output_file, tmp_path, "is a directory"),
                            (argtypes.output_dir, existing, "exists and is not a directory"),

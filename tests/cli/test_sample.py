@@ -103,16 +103,16 @@ def test_negative_guidance_is_explained_then_used(capsys, tmp_path, image_model)
                        "--out-dir", str(tmp_path))
     assert code == 0
     notes = [line for line in err.splitlines() if line.startswith("ebru: note:")]
-    assert len(notes) == 1 and re.search(r"--guidance -1 is negative: it pushes samples away from the class", notes[0])
+    assert len(notes) == 1 and re.search(r"--guidance -1 is negative.*away from the class", notes[0])
     [want] = expected(model, [0], [0], num_inference_steps=1, guidance_scale=-1.0)
     assert np.array_equal(png(tmp_path / "sample-T-shirt_top-seed0000.png"), want)
     assert not np.array_equal(want, expected(model, [0], [0], num_inference_steps=1)[0])  # the -1 made a difference
 
 
 @pytest.mark.parametrize(("classes", "argv", "fact"), [
-    (False, ["--guidance", "2", "--grid", "{tmp}/g.png"], r"--guidance steers towards a class, and this model has no"),
-    (True, ["--nrow", "3", "--out-dir", "{tmp}"], r"--nrow sets the images per row of --grid"),
-    (True, [], r"say where the images go: --grid FILE\.png and/or --out-dir DIR"),
+    (False, ["--guidance", "2", "--grid", "{tmp}/g.png"], r"--guidance .*this model has no"),
+    (True, ["--nrow", "3", "--out-dir", "{tmp}"], r"--nrow .*--grid"),
+    (True, [], r"--grid .*--out-dir"),
     (True, ["--class", "Sandal", "--out-dir", "{tmp}"], r"unknown class 'Sandal'"),
 ])
 def test_arguments_the_model_would_ignore_are_refused_before_sampling(capsys, tmp_path, image_model, monkeypatch,
@@ -150,7 +150,7 @@ def test_a_tuned_schedule_file_is_accepted_with_its_sampler_and_steps(capsys, tm
     code, _, err = run(capsys, "sample", str(model), "-n", "2", "--schedule", str(path), "--out-dir",
                        str(tmp_path / "a"))
     assert code == 0, err
-    assert re.search(r"note: schedule 'tuned-heun-3' was tuned for sampler heun and 3 steps; using them", err)
+    assert re.search(r"note: schedule 'tuned-heun-3' .*sampler heun.* 3 steps", err)
     want = expected(model, [0, 1], [0, 1], sampler="heun", num_inference_steps=3, schedule=WarpedSchedule.load(path))
     assert np.array_equal(png(tmp_path / "a" / "sample-T-shirt_top-seed0000.png"), want[0])
     assert np.array_equal(png(tmp_path / "a" / "sample-Sneaker-seed0001.png"), want[1])
@@ -158,8 +158,13 @@ def test_a_tuned_schedule_file_is_accepted_with_its_sampler_and_steps(capsys, tm
     code, _, err = run(capsys, "sample", str(model), "-n", "1", "--schedule", str(path), "--sampler", "euler",
                        "--steps", "3", "--out-dir", str(tmp_path / "b"))
     assert code == 0 and "note: schedule" not in err
-    assert run(capsys, "sample", str(model), "-n", "1", "--steps", "1", "--schedule", "log_snr", "--out-dir",
+    [want] = expected(model, [0], [0], sampler="euler", num_inference_steps=3, schedule=WarpedSchedule.load(path))
+    assert np.array_equal(png(tmp_path / "b" / "sample-T-shirt_top-seed0000.png"), want)
+    assert run(capsys, "sample", str(model), "-n", "1", "--steps", "3", "--schedule", "log_snr", "--out-dir",
                str(tmp_path / "c"))[0] == 0
+    [want] = expected(model, [0], [0], num_inference_steps=3, schedule="log_snr")
+    assert np.array_equal(png(tmp_path / "c" / "sample-T-shirt_top-seed0000.png"), want)
+    assert not np.array_equal(want, expected(model, [0], [0], num_inference_steps=3)[0])  # not the default schedule
     bad = tmp_path / "bad.json"
     bad.write_text('{"knots": [0, 0.7, 0.5, 1]}', encoding="utf-8")
     code, _, err = run(capsys, "sample", str(model), "--schedule", str(bad), "--out-dir", str(tmp_path / "d"))

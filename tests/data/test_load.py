@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ebru.data import FashionMNIST, ImageFolder, load_dataset
@@ -34,10 +35,13 @@ def test_paths_and_unknown_names(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "a.png")
     for spec in (str(tmp_path), tmp_path, f"{tmp_path}/"):
         ds = load_dataset(spec, image_size=4)
-        assert isinstance(ds, ImageFolder) and ds.image_shape == (1, 4, 4)
+        assert isinstance(ds, ImageFolder) and ds.image_shape == (1, 4, 4) and len(ds) == 1
+        assert ds.root == tmp_path and torch.equal(ds[0][0], torch.full((1, 4, 4), -1.0))  # black -> -1
     monkeypatch.chdir(tmp_path.parent)
-    assert isinstance(load_dataset(tmp_path.name), ImageFolder)  # an existing folder by bare name
-    with pytest.raises(ValueError, match="unknown data set 'cifar10': valid names are fashion-mnist"):
+    by_name = load_dataset(tmp_path.name)  # an existing folder by bare name
+    assert isinstance(by_name, ImageFolder) and [p.name for p in by_name.files] == ["a.png"]
+    assert by_name.image_shape == (1, 6, 6)
+    with pytest.raises(ValueError, match=r"unknown data set 'cifar10'.*fashion-mnist"):
         load_dataset("cifar10")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_dataset(str(Path(tmp_path) / "missing"))

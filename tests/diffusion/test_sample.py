@@ -125,6 +125,10 @@ def test_dtype_and_shape(oracle, dtype):
     img_oracle = GaussianOracle(oracle.mean, oracle.cov, event_shape=(5, 1))
     out = sample(img_oracle, (3, 5, 1), steps=5, dtype=dtype)
     assert out.shape == (3, 5, 1) and out.dtype == dtype
+    # the same samples as the flat oracle in float64 (same seeds, same numbers), to the dtype's rounding
+    flat = sample(oracle, (3, 5), steps=5, dtype=F64)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.reshape(3, 5).double(), flat, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("sampler", ALL_SAMPLERS)

@@ -30,6 +30,7 @@ from ebru.diffusion import (
     pf_ode_reference,
     rms_error,
     tune_schedule,
+    tuning,
 )
 from ebru.diffusion.tuning import tune_many
 
@@ -143,12 +144,20 @@ def test_unknown_sampler_is_rejected():
         tune_schedule(o, "dpm_fast", 6, torch.zeros(2, 3, dtype=F64))
 
 
-def test_tune_many_shares_one_reference():
+def test_tune_many_shares_one_reference(monkeypatch):
     mix = GaussianMixture.random(dim=4, components=2, spread=0.3, narrow=(0.05, 0.3), seed=1)
     x = SIGMA_MAX * torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    calls = []
+    real = tuning.pf_ode_reference
+    monkeypatch.setattr(tuning, "pf_ode_reference", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     out = tune_many(mix, ["euler", "heun"], [2, 4], x, iters=2)
+    assert len(calls) == 1  # one reference solve for the four schedules
     assert set(out) == {("euler", 2), ("euler", 4), ("heun", 2), ("heun", 4)}
-    assert all(isinstance(w, WarpedSchedule) for w in out.values())
+    ref = real(mix, x, SIGMA_MAX, SIGMA_MIN)
+    for (sampler, steps), w in out.items():  # each is what tune_schedule gives with that reference
+        assert isinstance(w, WarpedSchedule) and (w.info["sampler"], w.info["steps"]) == (sampler, steps)
+        alone = tune_schedule(mix, sampler, steps, x, reference=ref, iters=2)
+        assert torch.equal(w(steps, SIGMA_MIN, SIGMA_MAX), alone(steps, SIGMA_MIN, SIGMA_MAX)), (sampler, steps)
 
 
 def test_rms_error():

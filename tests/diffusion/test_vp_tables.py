@@ -120,5 +120,7 @@ def test_every_sampler_samples_the_zero_terminal_snr_table(ztsnr, name):
     want = sample(oracle, (6, 4), sampler=name, steps=12, seeds=0, dtype=F64,
                   sigma_min=d.sigma_min, sigma_max=d.sigma_max)
     assert torch.allclose(out, want, rtol=1e-9, atol=1e-9)
-    # float32, as a user samples: still finite.
-    assert bool(torch.isfinite(sample(d, (6, 4), sampler=name, steps=12, seeds=0)).all())
+    # float32, as a user samples: the float64 answer to float32 rounding (the largest gap seen was 3e-6, heun)
+    out32 = sample(d, (6, 4), sampler=name, steps=12, seeds=0)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), out, rtol=0, atol=2e-5)

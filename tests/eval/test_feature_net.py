@@ -26,7 +26,12 @@ def test_weights_verify_and_match_recorded_accuracy():
     assert class_agreement(net, x[:2000], y[:2000]) == pytest.approx(
         float((torch.cat([net(x[i:i + 500]).argmax(1) for i in range(0, 2000, 500)]) == y[:2000]).float().mean()))
     assert class_agreement(net, x[:2000], y[:2000]) >= 0.88
-    assert net.features(x[:4]).shape == (4, 256)
+    f = net.features(x[:4])
+    assert f.shape == (4, 256) and bool((f >= 0).all())  # the ReLU'd penultimate layer
+    with torch.no_grad():
+        torch.testing.assert_close(net.head(f), net(x[:4]), rtol=0, atol=0)  # the logits read these features
+        # eval mode (batch norm on running statistics): an image's features do not depend on its batch
+        torch.testing.assert_close(net.features(x[2:3]), f[2:3], rtol=1e-5, atol=1e-5)
 
 
 def test_tampered_weights_are_refused(tmp_path, monkeypatch):

@@ -67,7 +67,10 @@ def test_mmd_matches_brute_force():
     syy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
     sxy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / 35
     assert mmd2_unbiased(x, y) == pytest.approx(float(sxx + syy - 2 * sxy), rel=1e-12)
-    assert polynomial_kernel(x, y).shape == (7, 5)
+    gram = polynomial_kernel(x, y)
+    assert gram.shape == (7, 5)
+    assert gram[3, 4].item() == pytest.approx(float(k(x[3], y[4])), rel=1e-12)
+    assert torch.allclose(polynomial_kernel(x, y, degree=1, gamma=0.5, coef=0.0), 0.5 * x @ y.T, rtol=1e-15, atol=0)
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():

@@ -46,9 +46,11 @@ def test_unknown_key_names_the_nearest_valid_key(cls, key, near):
 
 
 def test_build_net_from_dicts_and_dataclasses():
-    assert isinstance(build_net({"kind": "unet", "channels": 32}), UNet)
-    assert isinstance(build_net({"kind": "dit", "depth": 1}), DiT)
-    assert isinstance(build_net(DiTConfig(depth=1)), DiT)
+    unet = build_net({"kind": "unet", "channels": 32})
+    assert type(unet) is UNet and unet.config == UNetConfig(channels=32)  # the other keys take their defaults
+    dit = build_net({"kind": "dit", "depth": 1})
+    assert type(dit) is DiT and dit.config == DiTConfig(depth=1) and len(dit.blocks) == 1
+    assert type(build_net(DiTConfig(depth=1))) is DiT
     with pytest.raises(ValueError, match=r"unknown network kind 'unte' \(did you mean 'unet'\?\)"):
         build_net({"kind": "unte"})
     with pytest.raises(ValueError, match="needs a 'kind' key"):

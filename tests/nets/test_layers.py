@@ -41,8 +41,16 @@ def test_fourier_embedding_is_saved_with_the_weights():
 
 
 def test_noise_embedding_kinds():
+    c = torch.tensor([-1.5, 0.0, 0.25])
+    freqs = 10000.0 ** (-torch.arange(8) / 8)
     for kind in ("positional", "fourier"):
-        assert NoiseEmbedding(kind, 16, 32)(torch.randn(3)).shape == (3, 32)
+        emb = NoiseEmbedding(kind, 16, 32)
+        f = freqs if kind == "positional" else 2 * math.pi * emb.features.freqs
+        features = torch.cat([(c[:, None] * f).cos(), (c[:, None] * f).sin()], dim=1)  # (3, 16)
+        lin1, lin2 = emb.mlp[0], emb.mlp[2]
+        want = lin2(torch.nn.functional.silu(features @ lin1.weight.T + lin1.bias))  # Linear-SiLU-Linear
+        torch.testing.assert_close(emb(c), want, rtol=1e-5, atol=1e-5)
+        assert emb(c).shape == (3, 32)
     with pytest.raises(ValueError, match="unknown noise embedding 'sinus'"):
         NoiseEmbedding("sinus", 16, 32)
 
@@ -69,7 +77,8 @@ def test_text_context_appends_an_always_kept_null_token():
     torch.testing.assert_close(context[:, -1], ctx.null[0].expand(2, 5))
     torch.testing.assert_close(context[:, :3], torch.nn.functional.layer_norm(states, (5,)))
     null, keep_null = ctx(None, None, 2)
-    assert null.shape == (2, 1, 5) and keep_null.all()
+    assert null.shape == (2, 1, 5) and keep_null.tolist() == [[True], [True]]
+    assert torch.equal(null, ctx.null.expand(2, 1, 5))  # no text: the learned null token alone
     with pytest.raises(ValueError, match="encoder_mask was given without encoder_states"):
         ctx(None, mask, 2)
 

@@ -47,8 +47,11 @@ def test_output_shape(kind, classes, text):
         cond["encoder_states"] = torch.randn(3, 5, 12)
         cond["encoder_mask"] = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
     out = perturb(net)(x, c, **cond)
-    assert out.shape == (3, 3, 8, 8)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.shape == (3, 3, 8, 8) and out.dtype == torch.float32
+    # batch independence: each sample's output is the one it gets alone (eval mode, no batch statistics)
+    for i in range(3):
+        alone = net(x[i:i + 1], c[i:i + 1], **{k: v[i:i + 1] for k, v in cond.items()})
+        torch.testing.assert_close(out[i:i + 1], alone, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -221,8 +224,41 @@ def test_default_parameter_counts(cfg, lo, hi):
     assert lo < n < hi
 
 
-def test_unet_variants_run():
-    for overrides in (dict(noise_embedding="fourier"), dict(resample="pool"), dict(channels=15, num_heads=5)):
-        net = perturb(tiny("unet", **overrides))
-        x, c = inputs(2)
-        assert net(x, c).shape == (2, 3, 8, 8)
+def test_default_unet_size_and_the_class_table_is_its_only_class_parameter():
+    def count(cfg):
+        return sum(p.numel() for p in build_net(cfg).parameters())
+
+    assert count(UNetConfig()) == 6_946_881  # the "6.9M" U-Net that docs/gpu.md benchmarks
+    # class conditioning adds one (num_classes + 1) x (4 * channels) embedding table: 11 x 256, the null row included
+    assert count(UNetConfig(num_classes=10)) - count(UNetConfig()) == 11 * 4 * 64
+    assert count(DiTConfig(num_classes=10)) - count(DiTConfig()) == 11 * DiTConfig().hidden
+
+
+@pytest.mark.parametrize("overrides", [dict(noise_embedding="fourier"), dict(resample="pool"),
+                                       dict(channels=15, num_heads=5)], ids=["fourier", "pool", "odd-width"])
+def test_unet_variants(overrides):
+    from ebru.nets.layers import FourierEmbedding
+    from ebru.nets.unet import Downsample, Upsample
+
+    net = perturb(tiny("unet", **overrides))
+    x, c = inputs(3)
+    out = net(x, c)
+    assert out.shape == (3, 3, 8, 8)
+    for i in range(3):  # batch independence
+        torch.testing.assert_close(out[i:i + 1], net(x[i:i + 1], c[i:i + 1]), rtol=0, atol=1e-5)
+    again = build_net(net.config.to_dict()).eval()  # the variant survives the config round trip
+    again.load_state_dict(net.state_dict(), strict=True)
+    assert torch.equal(again(x, c), out)
+    if overrides.get("noise_embedding") == "fourier":  # the random frequencies are saved with the weights
+        fourier = [m for m in net.modules() if isinstance(m, FourierEmbedding)]
+        assert len(fourier) == 1 and any(k.endswith("features.freqs") for k in net.state_dict())
+    if overrides.get("resample") == "pool":  # 2x2 mean down, nearest-neighbour up, no convolution either way
+        t = torch.randn(2, 4, 6, 6)
+        downs = [m for m in net.modules() if isinstance(m, Downsample)]
+        ups = [m for m in net.modules() if isinstance(m, Upsample)]
+        assert downs and ups
+        for m in downs:
+            torch.testing.assert_close(m(t), (t[..., ::2, ::2] + t[..., 1::2, ::2] + t[..., ::2, 1::2]
+                                              + t[..., 1::2, 1::2]) / 4)
+        for m in ups:
+            assert torch.equal(m(t), t.repeat_interleave(2, -1).repeat_interleave(2, -2))

@@ -78,7 +78,9 @@ def test_reference_features_are_cached_and_bound_to_their_network(fmnist, tmp_pa
 
     net = load_feature_net()
     a = reference_set(net)
-    assert a.path is not None and a.path.is_file()
+    assert a.n == 10000 and a.features.shape == (10000, 256)  # the whole test split, in the network's space
+    on_disk = ReferenceSet.load(a.path)  # the cache file holds exactly these features
+    assert torch.equal(on_disk.features, a.features) and on_disk.n == a.n
     b = reference_set(net)
     assert torch.equal(a.features, b.features)
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 300))
@@ -94,9 +96,13 @@ def test_evaluate_model_reports_every_figure_with_its_provenance(fmnist, cond_mo
     r = evaluate_model(cond_model, metrics="fid,kid,precision,recall,agreement,nll,nll_bound", n=300, sampler="euler",
                        steps=2, batch=150, nll_images=2)
     m = r["metrics"]
-    for key in ("fid", "fid_real_floor", "kid", "kid_std", "precision", "recall", "agreement", "nll_bpd",
-                "nll_bound_bpd"):
+    for key in ("fid", "fid_real_floor", "kid", "kid_std", "nll_bpd", "nll_bound_bpd"):
         assert math.isfinite(m[key]), key
+    assert m["fid"] >= 0 and m["fid_real_floor"] >= 0 and m["kid_std"] > 0
+    for key in ("precision", "recall", "agreement"):  # shares of the 300 samples (agreement) or of balls hit
+        assert 0.0 <= m[key] <= 1.0, key
+    assert abs(m["agreement"] * 300 - round(m["agreement"] * 300)) < 1e-9  # a count of the 300 samples
+    assert r["n_samples"] == 300
     assert r["sampling"]["seeds"] == [0, 299] and r["sampling"]["sampler"] == "euler"
     assert 0.0 < m["nll_bpd"] < 40 and r["nll"]["images"] == 2
     assert m["nll_bound_bpd"] > 0  # a bound on a discrete NLL is positive
@@ -108,7 +114,11 @@ def test_cli_eval_writes_json_and_refuses_bad_input(fmnist, cond_model, uncond_m
     out = tmp_path / "r.json"
     assert main(["eval", cond_model, "-n", "260", "--steps", "1", "--sampler", "euler", "--metrics", "kid,agreement",
                  "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["metrics"]["agreement"] >= 0
+    saved = json.loads(out.read_text())
+    assert set(saved["metrics"]) >= {"kid", "kid_std", "agreement"} and "fid" not in saved["metrics"]
+    agree = saved["metrics"]["agreement"]
+    assert 0.0 <= agree <= 1.0 and abs(agree * 260 - round(agree * 260)) < 1e-9  # hits among the 260 samples
+    assert saved["sampling"]["seeds"] == [0, 259] and saved["sampling"]["steps"] == 1
     capsys.readouterr()
     uncond = ["eval", uncond_model, "--metrics", "agreement", "-n", "300"]
     for argv, msg in [(uncond, "needs a class-conditional model"),

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from ebru.cli import main
+from ebru.text import TextModel
 
-from .helpers import save_tiny
+from .helpers import ALPHABET, save_tiny
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,16 @@ def test_generate(capsys, model_dirs, kind):
     steps = [] if kind == "ar" else ["--steps", "4"]  # an AR model takes one step per token: --steps is refused
     code, out, err = run(capsys, "text", "generate", str(model_dirs[kind]), "--prompt", "abc", "--length", "12",
                          *steps, "-n", "2", "--top-k", "5")
-    assert code == 0 and out.count("abc") >= 2 and "tokens/s" in err, err
+    assert code == 0 and re.search(r"\(2 x 12 tokens, \d+ network calls, .* tokens/s\)", err), err
+    # stdout is exactly the two samples under their headings: the prompt, then 12 one-character tokens each
+    head1, head2 = "--- sample 1 (seed 0)\n", "\n--- sample 2 (seed 1)\n"
+    assert out.startswith(head1) and out[len(head1) + 15:].startswith(head2)
+    assert len(out) == len(head1) + len(head2) + 2 * 15 + 1
+    texts = [out[len(head1):len(head1) + 15], out[-16:-1]]
+    assert all(t.startswith("abc") and set(t) <= set(ALPHABET) for t in texts), texts
+    if kind == "masked":  # and they are the library's samples for these settings (seeds 0, 1; top-k 5)
+        model = TextModel.from_pretrained(model_dirs[kind], quiet=True)
+        assert texts == model.generate(2, 12, "abc", steps=4, seeds=0, top_k=5).texts
 
 
 def test_generate_shows_steps_and_infill_marks(capsys, model_dirs):
@@ -96,7 +106,14 @@ def test_eval_json(capsys, model_dirs, tmp_path, monkeypatch):
                        "--windows", "2", "--samples", "1", "--json", str(out_json))
     assert code == 0 and "bits/char:    <=" in out
     r = json.loads(out_json.read_text())
-    assert r["bpc_is_bound"] and r["bpc"] > 0 and r["samples"]["gen_ppl"] > 1
+    assert r["bpc_is_bound"] and r["samples"]["gen_ppl"] > 1
+    # the figure is bits_per_char on the corpus's held-out text with these settings (seeded: reproducible)
+    from ebru.text.metrics import bits_per_char
+
+    want = bits_per_char(TextModel.from_pretrained(model_dirs["masked"], quiet=True), CORPUS.held_out_text,
+                         windows=2, samples=1)
+    assert r["bpc"] == want["bpc"] > 0 and r["eval"]["windows"] == 2 and r["held_out"] == CORPUS.held_out_name
+    assert f"bits/char:    <= {want['bpc']:.4f}" in out
     assert set(r["tokens_per_s"]) >= {"batch_1", "batch_16"}
 
 
@@ -110,4 +127,6 @@ def test_quickstart_runs_end_to_end_on_a_tiny_budget(capsys, tmp_path):
     assert code == 0
     assert "== a generated passage (128 characters in" in out and "decoded step by step" in out
     assert "It is a truth [" in out and "] that a single man in possession of a good fortune" in out
-    assert (tmp_path / "model" / "manifest.json").is_file()
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["files"]) == ["MODEL_CARD.md", "config.json", "model.safetensors", "tokenizer.json"]
+    assert manifest["provenance"]["created_by"] == "ebru text train" and manifest["provenance"]["config"]["steps"] == 2

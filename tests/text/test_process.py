@@ -90,10 +90,9 @@ def test_infill_and_default_decoder_follow_the_process_class(monkeypatch):
 
 
 @pytest.mark.parametrize("kind, decoder, message", [
-    ("masked", "ar", r"decoder 'ar' is for autoregressive models; a masked-diffusion model decodes with ancestral"),
-    ("ar", "confidence", r"is for masked-diffusion, block-diffusion and uniform-noise diffusion models; an "
-                         r"autoregressive model decodes one token per step"),
-    ("uniform", "threshold", r"decoder 'threshold' is for masked-diffusion and block-diffusion models"),
+    ("masked", "ar", r"decoder 'ar' is for autoregressive models.*masked-diffusion.*ancestral"),
+    ("ar", "confidence", r"decoder 'confidence' is for .*diffusion models.*autoregressive.*one token per step"),
+    ("uniform", "threshold", r"decoder 'threshold' is for masked-diffusion and block-diffusion"),
     ("masked", "confidense", r"unknown decoder 'confidense' \(did you mean 'confidence'\?\)"),
     ("uniform", "ancestrl", r"unknown decoder 'ancestrl' \(did you mean 'ancestral'\?\)"),
     ("block", "greedy", r"unknown decoder 'greedy'; valid choices: ancestral, confidence, threshold"),
@@ -119,9 +118,9 @@ def test_sampling_settings_are_checked_with_ebru_checks(kwargs, message):
 
 
 def test_block_length_is_refused_by_the_processes_that_do_not_take_it():
-    with pytest.raises(TextInputError, match="not a block-diffusion model \\(it decodes in its blocks of 8\\)"):
+    with pytest.raises(TextInputError, match=r"--block-length .*block-diffusion.*blocks of 8"):
         tiny_model("block").generate(1, 8, steps=2, block_length=4)
-    with pytest.raises(TextInputError, match="--block-length is for masked-diffusion models, not an autoregressive"):
+    with pytest.raises(TextInputError, match=r"--block-length is for masked-diffusion.*autoregressive"):
         tiny_model("ar").generate(1, 8, block_length=4)
 
 

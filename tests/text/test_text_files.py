@@ -61,7 +61,7 @@ def test_a_non_ascii_vocabulary_survives_an_ascii_locale(tmp_path):
     (b'{"ebru_tokenizer": "char", "chars": "ab\xe9"}',  # Latin-1, not UTF-8
      r"tokenizer\.json is not valid UTF-8 \(byte 39 is b'\\xe9'\)"),
     (b'{"ebru_tokenizer": "char", "chars": "ab"', r"tokenizer\.json is not JSON"),
-    (b'["a", "b"]', r"tokenizer\.json is not a tokenizer: a JSON object is expected"),
+    (b'["a", "b"]', r"tokenizer\.json is not a tokenizer.*JSON object"),
     (b'{"ebru_tokenizer": "char"}', r"tokenizer\.json is not a character tokenizer"),
     (b'{"model": 3}', r"tokenizer\.json is not a tokenizer ebru can read"),
 ])

@@ -57,11 +57,14 @@ def test_fit_exports_a_model_directory(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["kind"] == "text-diffusion" and cfg["process"]["kind"] == "masked" and cfg["training"]["steps"] == 6
     assert (d / "MODEL_CARD.md").read_text().startswith("---\nlicense: mit")
-    assert (tmp_path / "samples" / "step-0000006.txt").is_file()
     assert (tmp_path / "log.csv").read_text().startswith("step,sequences,loss")
     m = TextModel.from_pretrained(d, quiet=True)
     for k, v in t.ema.state_dict().items():
         torch.testing.assert_close(m.net.state_dict()[k], v)
+    # the last preview holds the exported (EMA) model's two samples at the recipe's settings, seeds 0 and 1
+    preview = (tmp_path / "samples" / "step-0000006.txt").read_text(encoding="utf-8")
+    head, *samples = preview.removesuffix("\n").split("\n" + "-" * 72 + "\n")
+    assert head.startswith("step 6, masked") and samples == m.generate(2, 16, steps=4, seeds=0).texts
     assert len(m.generate(2, 10, prompt="abc", steps=3).texts[1]) == 13
 
 
@@ -83,6 +86,23 @@ def test_diffusion_bounds_are_positive_and_entropy():
         m = tiny_model(kind, context=16)
         nats = sequence_nats(m, torch.randint(0, 14, (3, 16)), samples=2, generator=torch.Generator())
         assert nats.shape == (3,) and (nats > 0).all()
+    # Oracle: a uniform-noise model predicting 1/V everywhere is the exact reverse process of uniform data,
+    # so its NELBO is -log p(x) = L log V. Per position, the integral over t of E_{z_t ~ q_t(.|x)} of the
+    # integrand (midpoint rule, exact expectation over z_t) is log V ...
+    V, M = 14, 4000
+    proc = tiny_model("uniform").process
+    t = (torch.arange(M, dtype=torch.float64) + 0.5) / M
+    z = torch.arange(V)
+    f = proc.nelbo_at(torch.zeros(M * V, 1, V), torch.full((M * V, 1), 3), z.repeat(M)[:, None],
+                      t.repeat_interleave(V).float()).double().view(M, V)
+    q = t[:, None] / V + (1 - t)[:, None] * torch.nn.functional.one_hot(torch.tensor(3), V)
+    assert float((q * f).sum(1).mean()) == pytest.approx(math.log(V), rel=1e-4)
+    # ... and sequence_nats, a Monte-Carlo estimate of it, averages to L log V (400 rows, seeded draws)
+    m = tiny_model("uniform", context=16)
+    torch.nn.init.zeros_(m.net.head.weight)
+    x = torch.randint(0, V, (400, 16), generator=torch.Generator().manual_seed(0))
+    nats = sequence_nats(m, x, samples=1, generator=torch.Generator().manual_seed(0))
+    assert abs(float(nats.mean()) - 16 * math.log(V)) < 4 * float(nats.std()) / math.sqrt(len(nats))
     assert unigram_entropy([[1, 1, 1, 1]]) == 0
     assert math.isclose(unigram_entropy([[0, 1, 2, 3], [5, 5, 6, 6]]), (2 + 1) / 2)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from ebru.data import ImageDataset
 from ebru.train import TrainConfig, Trainer, load_config
@@ -79,10 +82,22 @@ def test_a_non_finite_gradient_never_reaches_the_weights(tmp_path, grad_clip):
     t.train_step()
     t.task.loss = real_loss
     t.train_step()
+    # The NaN step is a step with zero gradients: the twin run below, whose second step has exactly zero
+    # gradients (loss * 0), ends with the same weights, EMA and optimiser state, bit for bit.
+    twin = Trainer(tiny_config(grad_clip=grad_clip, model={**TINY_NET, "dropout": 0.0}), tmp_path / "twin",
+                   dataset=tiny_dataset(), progress=False)
+    twin.train_step()
+    twin.task.loss = lambda *a: real_loss(*a) * 0.0
+    twin.train_step()
+    twin.task.loss = real_loss
+    twin.train_step()
     for k, v in params(t).items():
-        assert torch.isfinite(v).all(), k
-    assert all(torch.isfinite(v).all() for v in t.ema.state_dict().values())
-    assert all(torch.isfinite(s).all() for st in t.opt.state.values() for s in st.values())
+        assert torch.isfinite(v).all() and torch.equal(v, twin.net.state_dict()[k]), k
+    for k, v in t.ema.state_dict().items():
+        assert torch.equal(v, twin.ema.state_dict()[k]), k
+    for p, q in zip(t.net.parameters(), twin.net.parameters()):
+        for key, value in t.opt.state[p].items():
+            assert torch.isfinite(value).all() and torch.equal(value, twin.opt.state[q][key]), key
 
 
 def test_fit_writes_checkpoints_log_samples_and_model(tmp_path):
@@ -90,17 +105,26 @@ def test_fit_writes_checkpoints_log_samples_and_model(tmp_path):
 
     t = Trainer(tiny_config(), tmp_path, dataset=tiny_dataset(), progress=False)
     model_dir = t.fit()
-    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["net"] == {"kind": "unet", **TINY_NET, "image_size": 8, "in_channels": 1, "out_channels": 1,
+                             "num_classes": 3}  # the recipe's network, sized by the data
+    assert config["class_names"] == ["c0", "c1", "c2"] and config["image_shape"] == [1, 8, 8]
+    assert (config["training"]["steps"], config["training"]["images_seen"]) == (6, 48)
     card = (model_dir / "MODEL_CARD.md").read_text()
     assert card.startswith("---\nlicense: mit") and "tiny test set" in card
     assert [p[1] for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [3, 6]
     rows = (tmp_path / "log.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,images,loss") and len(rows) == 4
-    assert (tmp_path / "samples" / "step-0000006.png").is_file()
+    # the preview: one row of 8 per class, 8x8 tiles with 2-pixel padding scaled 3x, the label margin and the title
+    with Image.open(tmp_path / "samples" / "step-0000006.png") as preview:
+        assert preview.size == (110 + 3 * (8 * 10 + 2), 24 + 3 * (3 * 10 + 2))
     # The exported EMA weights load into a pipeline and generate the configured shape.
     pipe = ImagePipeline.from_pretrained(model_dir)
     x = pipe(3, class_labels=["c0", 1, "C2"], num_inference_steps=2, seeds=[1, 2, 3])
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+    # seeds are per sample: image 1 alone (class 1, seed 2) is the batch's image 1
+    torch.testing.assert_close(pipe(1, class_labels=["c1"], num_inference_steps=2, seeds=[2]), x[1:2],
+                               rtol=0, atol=1e-5)
     for k, v in t.ema.state_dict().items():
         torch.testing.assert_close(pipe.denoiser.net.state_dict()[k].float(), v)
     with pytest.raises(ValueError, match="unknown class 'nope'"):
@@ -114,7 +138,12 @@ def test_time_budget_stops_cleanly(tmp_path):
     t = Trainer(tiny_config(steps=10_000, time_budget=0.002), tmp_path, dataset=tiny_dataset(), progress=False)
     t.fit()
     assert 0 < t.step < 10_000
-    assert (tmp_path / "model" / "model.safetensors").is_file()
+    # the model written is the run as far as it went: its step count and its EMA weights
+    config = json.loads((tmp_path / "model" / "config.json").read_text(encoding="utf-8"))
+    assert config["training"]["steps"] == t.step and config["training"]["images_seen"] == 8 * t.step
+    saved = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert saved.keys() == t.ema.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in t.ema.state_dict().items())
 
 
 def test_interrupted_save_leaves_previous_checkpoint(tmp_path):
@@ -265,12 +294,37 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert all(v.dtype == torch.float32 for v in bf16.ema.state_dict().values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("weighting", ["edm", "snr", "min_snr", "v", "uniform"])
+SD = 0.7  # not the default 0.5, so a weighting (or the preconditioning) that dropped sigma_data would show
+WEIGHT = {  # lambda(sigma) of each weighting in closed form (ebru.diffusion.loss), sigma_data = SD, gamma = 5
+    "edm": lambda s: (s**2 + SD**2) / (s * SD) ** 2,
+    "snr": lambda s: s**-2,
+    "min_snr": lambda s: (s**-2).clamp(max=5.0),
+    "v": lambda s: s**-2 + 1,
+    "uniform": lambda s: torch.ones_like(s),
+}
+
+
+@pytest.mark.parametrize("weighting", sorted(WEIGHT))
 def test_every_loss_weighting_trains(tmp_path, weighting):
-    """Each registered weighting gets the run's options it takes (and no others), and gives a finite loss."""
+    """Each registered weighting gets the run's options it takes (and no others): the first loss is the closed form.
+
+    The untrained network outputs exactly 0 (zero-initialised output layer), so EDM's Denoiser is
+    D(x, sigma) = c_skip x with c_skip = SD^2 / (sigma^2 + SD^2), and the batch's loss is
+    mean_i lambda(sigma_i) mean |c_skip(sigma_i) (x0_i + sigma_i n_i) - x0_i|^2, over the batch the task draws.
+    """
     from ebru.diffusion import WEIGHTINGS
 
-    assert weighting in WEIGHTINGS
-    trainer = Trainer(tiny_config(weighting=weighting), tmp_path, dataset=tiny_dataset(), progress=False)
+    assert set(WEIGHT) == set(WEIGHTINGS)
+    trainer = Trainer(tiny_config(weighting=weighting, sigma_data=SD), tmp_path, dataset=tiny_dataset(),
+                      progress=False)
+    g = torch.Generator()
+    g.set_state(trainer.gen.get_state())
+    batch = trainer.task.draw(8, g)  # the draw the step is about to make
     loss = trainer.train_step()
-    assert loss == loss and 0 < loss < float("inf")
+    x0 = trainer.task.images[batch["idx"]].double()
+    x0 = torch.where(batch["flip"][:, None, None, None], x0.flip(-1), x0)
+    s = batch["sigma"].double()
+    c_skip = SD**2 / (s**2 + SD**2)
+    x = x0 + s[:, None, None, None] * batch["noise"].double()
+    err = (c_skip[:, None, None, None] * x - x0).square().flatten(1).mean(1)
+    assert loss == pytest.approx(float((WEIGHT[weighting](s) * err).mean()), rel=1e-5)

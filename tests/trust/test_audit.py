@@ -89,7 +89,7 @@ def test_cut_off_tail_detected_with_a_noted_head():
     head = verify_log().head
     tamper(lines[:-2])
     assert verify_log().entries == 3  # a shorter chain is still a chain ...
-    with pytest.raises(AuditError, match=r"no longer holds the entry with hash .* cut off the end"):
+    with pytest.raises(AuditError, match=r"no longer holds the entry with hash .*cut off"):
         verify_log(head=head)  # ... which the head noted elsewhere exposes
 
 
@@ -123,7 +123,7 @@ def test_log_location_and_failures(tmp_path, monkeypatch):
     assert log_path() == tmp_path / "xdg-state" / "ebru" / "audit.jsonl"
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("EBRU_AUDIT_LOG", str(tmp_path / "file" / "audit.jsonl"))
-    with pytest.raises(AuditError, match=r"cannot open the audit log .*; set EBRU_AUDIT_LOG to a writable file"):
+    with pytest.raises(AuditError, match=r"cannot open the audit log .*EBRU_AUDIT_LOG"):
         record("load", {})
     with pytest.raises(AuditError, match=r"audit log not found"):
         verify_log(tmp_path / "none.jsonl")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 import re
 
+from PIL import Image
+
 from ebru.cli import main
 from ebru.nets import build_net
 from ebru.trust import write_package
@@ -57,16 +59,16 @@ def test_inspect_hostile_file_exits_2_with_reason(capsys, tmp_path):
     bad.write_bytes(pickle.dumps({"a": 1}, protocol=3))
     code, out, err = run(capsys, "inspect", str(bad))
     assert (code, out) == (2, "")
-    assert err == f"ebru: error: {bad}: refused: a pickle stream (protocol 3; e.g. a renamed .pt/.bin/.ckpt), " \
-                  "which can run code when loaded\n"
+    assert err.count("\n") == 1 and re.match(rf"ebru: error: {re.escape(str(bad))}: refused: a pickle stream "
+                                              r"\(protocol 3.*run code", err), err
 
 
 def test_verify_refusal_is_one_line(capsys, make_package, keys):
     pkg = make_package()
     (pkg / "extra.py").write_text("import os\n")
     code, _, err = run(capsys, "verify", str(pkg), "--trusted-keys", str(keys.trusted))
-    assert code == 2 and err == f"ebru: error: {pkg}/extra.py: is not in the manifest; files a package does " \
-                                "not list are refused\n"
+    assert code == 2 and err.count("\n") == 1
+    assert re.match(rf"ebru: error: {re.escape(str(pkg))}/extra\.py: is not in the manifest", err), err
 
 
 def test_package_pack_unpack_audit(capsys, tmp_path, make_package, keys):
@@ -93,7 +95,8 @@ def test_package_pack_unpack_audit(capsys, tmp_path, make_package, keys):
 def test_bad_key_and_policy_one_line_each(capsys, tmp_path, make_package):
     pkg = make_package()
     code, _, err = run(capsys, "sign", str(pkg), "--key", str(tmp_path / "missing.key"))
-    assert (code, err) == (2, f"ebru: error: {tmp_path}/missing.key: private key (.key) not found\n")
+    assert code == 2 and err.count("\n") == 1
+    assert re.match(rf"ebru: error: {re.escape(str(tmp_path))}/missing\.key: .*not found", err), err
     policy = tmp_path / "p.toml"
     policy.write_text('[licenses]\nmit = "fine"\n')
     code, _, err = run(capsys, "verify", str(pkg), "--policy", str(policy))
@@ -107,11 +110,13 @@ def test_sample_goes_through_the_trusted_loader(capsys, tmp_path, keys):
     code, _, err = run(capsys, *common, "--trusted-keys", str(keys.trusted))
     assert code == 2 and "model.sig: missing: the package is unsigned" in err and not grid.exists()
     code, _, err = run(capsys, *common, "--trusted-keys", str(keys.trusted), "--allow-unsigned")
-    assert code == 0 and grid.is_file() and "is UNSIGNED" in err
+    assert code == 0 and "is UNSIGNED" in err
+    with Image.open(grid) as png:  # 2 images, round(sqrt(2)) = 1 per row: 8x8 tiles, 2-pixel padding, 3x, title
+        assert png.size == (3 * (1 * 10 + 2), 24 + 3 * (2 * 10 + 2))
     deny = tmp_path / "deny.toml"
     deny.write_text('[licenses]\n"apache-2.0" = "deny"\n')
     code, _, err = run(capsys, *common, "--policy", str(deny))
-    assert code == 2 and "licence 'apache-2.0' is denied by the licence policy" in err
+    assert code == 2 and re.search(r"licence 'apache-2.0' is denied", err)
     signed = image_package(tmp_path / "signed", sign_key=keys.ed)
     code, _, err = run(capsys, "sample", str(signed), "-n", "1", "--steps", "2", "--grid", str(grid),
                        "--trusted-keys", str(keys.trusted))
@@ -128,7 +133,7 @@ def test_package_with_a_base_records_its_lineage(capsys, tmp_path, make_package,
     assert code == 0 and "licence:   allow-with-obligations: mit <- openrail (org/base)" in out
     assert "obligation: use-based restrictions of openrail" in out
     code, _, err = run(capsys, "package", str(ft), "--base", "org/base")
-    assert (code, err) == (2, "ebru: error: --base expects NAME=DIR, got 'org/base'\n")
+    assert code == 2 and err.count("\n") == 1 and re.match(r"ebru: error: --base .*NAME=DIR.*'org/base'", err), err
 
 
 def test_an_unsigned_package_is_never_headlined_verified(capsys, make_package, keys):
@@ -140,7 +145,7 @@ def test_an_unsigned_package_is_never_headlined_verified(capsys, make_package, k
     assert not re.search(r"^verified", out, re.M)
     assert re.search(r"^files: +\d+ files match manifest\.json", lines[1])
     assert re.search(r"^signature: none: the package is UNSIGNED", lines[2])
-    assert re.search(r"unsigned and no trusted keys are configured, so its origin was not checked", err)
+    assert re.search(r"unsigned.*no trusted keys.*origin was not checked", err)
     code, out, _ = run(capsys, "verify", str(pkg), "--trusted-keys", str(keys.trusted), "--allow-unsigned")
     assert code == 0 and out.startswith("checked:")
     signed = make_package("signed", sign_key=keys.ed)
@@ -165,7 +170,7 @@ def test_package_base_pack_and_unpack_take_the_licence_policy(capsys, tmp_path, 
     code, _, err = run(capsys, "package", str(ft), "--base", f"org/base={base}", *trusted, "--policy", str(deny))
     assert code == 2 and re.search(r"^ebru: error: .*licence 'openrail' is denied by the licence policy", err)
     code, _, err = run(capsys, "package", str(ft), "--policy", str(deny))
-    assert code == 2 and re.search(r"--policy decide\(s\) on --base packages, and none was given", err)
+    assert code == 2 and re.search(r"--policy.*--base.*none was given", err)
     bundle = tmp_path / "b.tar"
     code, _, err = run(capsys, "pack", str(base), "-o", str(bundle), *trusted, "--policy", str(deny))
     assert code == 2 and "licence 'openrail' is denied" in err and not bundle.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 from datetime import UTC, datetime, timedelta
 
@@ -54,10 +55,10 @@ def test_generate_rejects_bad_arguments(tmp_path):
 def test_encrypted_key_needs_its_passphrase(tmp_path, monkeypatch):
     priv, _ = generate_key(tmp_path, "k", passphrase=b"correct horse")
     assert b"ENCRYPTED PRIVATE KEY" in priv.read_bytes()
-    with pytest.raises(KeyFileError, match=r"is encrypted: set EBRU_KEY_PASSPHRASE to its passphrase"):
+    with pytest.raises(KeyFileError, match=r"encrypted.*EBRU_KEY_PASSPHRASE"):
         load_signing_key(priv)
     monkeypatch.setenv("EBRU_KEY_PASSPHRASE", "wrong")
-    with pytest.raises(KeyFileError, match=r"wrong passphrase \(from EBRU_KEY_PASSPHRASE\)"):
+    with pytest.raises(KeyFileError, match=r"wrong passphrase.*EBRU_KEY_PASSPHRASE"):
         load_signing_key(priv)
     monkeypatch.setenv("EBRU_KEY_PASSPHRASE", "correct horse")
     assert load_signing_key(priv).algorithm == "ed25519"
@@ -85,28 +86,30 @@ def test_wrong_key_types_one_line_each(tmp_path):
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    cases = [
-        (load_signing_key, pub, "is a public key; signing needs the private key (the .key file)"),
-        (load_signing_key, tmp_path / "rsa.key", "holds an RSA key; ebru signs with Ed25519 and ECDSA P-256 keys only"),
-        (load_signing_key, tmp_path / "p384.key", "holds an ECDSA key on secp384r1"),
-        (load_signing_key, tmp_path / "junk.key", "is not a PEM file (no -----BEGIN line)"),
-        (load_signing_key, tmp_path / "broken.key", "is not a readable PEM private key"),
-        (load_signing_key, tmp_path / "missing.key", "private key (.key) not found"),
-        (load_signing_key, tmp_path, "is a directory, not a private key"),
-        (load_public_key, tmp_path / "k.key", "holds a private key; trusted keys must be public keys (.pub)"),
-        (load_public_key, tmp_path / "rsa.pub", "holds an RSA key; ebru accepts Ed25519 and ECDSA P-256 keys only"),
+    cases = [  # the key facts of each refusal: what the file holds, and what is wanted instead
+        (load_signing_key, pub, r"public key.*private key \(the \.key file\)"),
+        (load_signing_key, tmp_path / "rsa.key", r"RSA key.*Ed25519 and ECDSA P-256"),
+        (load_signing_key, tmp_path / "p384.key", r"ECDSA key on secp384r1"),
+        (load_signing_key, tmp_path / "junk.key", r"not a PEM file.*-----BEGIN"),
+        (load_signing_key, tmp_path / "broken.key", r"not a readable PEM private key"),
+        (load_signing_key, tmp_path / "missing.key", r"private key \(\.key\) not found"),
+        (load_signing_key, tmp_path, r"is a directory"),
+        (load_public_key, tmp_path / "k.key", r"private key.*public keys \(\.pub\)"),
+        (load_public_key, tmp_path / "rsa.pub", r"RSA key.*Ed25519 and ECDSA P-256"),
     ]
     for loader, path, reason in cases:
         with pytest.raises(KeyFileError) as e:
             loader(path)
-        assert reason in str(e.value), (path, str(e.value))
+        assert re.search(reason, str(e.value)), (path, str(e.value))
         assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
 
 
 def test_expired_signing_key_refused(tmp_path):
-    priv, _ = generate_key(tmp_path, "k", valid_days=1)
-    assert load_signing_key(priv).expires is not None
-    with pytest.raises(KeyFileError, match=r"key expired on .* generate a new one"):
+    priv, pub = generate_key(tmp_path, "k", valid_days=1)
+    expires = load_signing_key(priv).expires
+    assert expires == load_public_key(pub).expires  # the pair carries one expiry, one day from now
+    assert timedelta(hours=23.9) < expires - datetime.now(UTC) <= timedelta(days=1)
+    with pytest.raises(KeyFileError, match=r"expired on \d{4}-\d\d-\d\d.*generate"):
         load_signing_key(priv, now=datetime.now(UTC) + timedelta(days=2))
 
 
@@ -118,10 +121,10 @@ def test_edited_key_id_or_algorithm_line_refused(tmp_path):
     with pytest.raises(KeyFileError, match=r"Key-ID line does not match the key"):
         load_public_key(pub)
     pub.write_text(text.replace("Algorithm: ed25519", "Algorithm: ecdsa-p256"))
-    with pytest.raises(KeyFileError, match=r"Algorithm line says 'ecdsa-p256' but the key is ed25519"):
+    with pytest.raises(KeyFileError, match=r"Algorithm.*'ecdsa-p256'.*ed25519"):
         load_public_key(pub)
     pub.write_text(text.replace("Expires: ", "Expires: soon ", 1))
-    with pytest.raises(KeyFileError, match=r"Expires: 'soon .*' is not an ISO 8601 time"):
+    with pytest.raises(KeyFileError, match=r"Expires: 'soon .*ISO 8601"):
         load_public_key(pub)
 
 
@@ -142,7 +145,7 @@ def test_trusted_keys_directory_rules(tmp_path, monkeypatch):
     (d / "README").write_text("keys of the release team\n")  # other files are ignored
     assert [k.name for k in TrustedKeys.from_dir(d)] == ["a"]
     (d / "a.key").write_bytes((tmp_path / "k" / "a.key").read_bytes())
-    with pytest.raises(KeyFileError, match=r"a private key inside a trusted-keys directory"):
+    with pytest.raises(KeyFileError, match=r"private key inside a trusted-keys directory"):
         TrustedKeys.from_dir(d)
     with pytest.raises(KeyFileError, match=r"trusted-keys directory not found"):
         TrustedKeys.from_dir(tmp_path / "nope")

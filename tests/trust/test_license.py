@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ebru.trust import CardError, LicenseError, PolicyError, load, load_policy, parse_card, parse_policy, verify
@@ -31,32 +33,33 @@ def test_default_policy_allows(line, cls):
 
 def test_rail_obligations_name_the_licence():
     d = decision(card("license: creativeml-openrail-m"))
-    assert d.obligations == ("use-based restrictions of creativeml-openrail-m (its Attachment A) apply to this "
-                             "model, its outputs' use and every derivative; pass them on to derivatives and users",)
+    assert len(d.obligations) == 1  # the facts: which licence, where its restrictions are, who they bind
+    assert re.search(r"use-based restrictions of creativeml-openrail-m \(its Attachment A\).*derivative",
+                     d.obligations[0]), d.obligations
 
 
 @pytest.mark.parametrize(("text", "reason"), [
-    (card("license: cc-by-nc-4.0"), "licence 'cc-by-nc-4.0' is denied by the licence policy"),
+    (card("license: cc-by-nc-4.0"), "licence 'cc-by-nc-4.0' is denied"),
     (card("license: cc-by-nc-sa-4.0"), "licence 'cc-by-nc-sa-4.0' is denied"),
     (card("license: fair-noncommercial-research-license"), "'fair-noncommercial-research-license' is denied"),
     (card("license: intel-research"), "'intel-research' is denied"),
     (card("license: apple-amlr"), "'apple-amlr' is denied"),
     (card("license: other", extra="license_name: flux-1-dev-non-commercial-license\nlicense_link: LICENSE.md\n"),
      "'flux-1-dev-non-commercial-license' is denied"),
-    (card("license: wtfpl"), "licence 'wtfpl' is denied by the licence policy (not in the policy"),
-    (card("license: unknown"), "licence 'unknown' is denied by the licence policy (no licence given)"),
-    ("---\nbase_model: null\n---\n", "licence '(none)' is denied by the licence policy (no licence given)"),
-    (card("license: other"), "(license is 'other' without license_name)"),
-    (card("license: other", extra="license_name: acme-licence\n"), "(license is 'other' without license_link)"),
+    (card("license: wtfpl"), "licence 'wtfpl' is denied .*not in the policy"),
+    (card("license: unknown"), "licence 'unknown' is denied .*no licence given"),
+    ("---\nbase_model: null\n---\n", r"licence '\(none\)' is denied .*no licence given"),
+    (card("license: other"), "'other' without license_name"),
+    (card("license: other", extra="license_name: acme-licence\n"), "'other' without license_link"),
 ])
 def test_default_policy_denies(text, reason):
     with pytest.raises(LicenseError) as e:
         decision(text)
-    assert reason in str(e.value) and str(e.value).startswith("MODEL_CARD.md: ")
+    assert re.search(reason, str(e.value)) and str(e.value).startswith("MODEL_CARD.md: ")
 
 
 def test_needs_acknowledgement():
-    with pytest.raises(LicenseError, match=r"licence 'llama3' needs an acknowledgement: add it to 'acknowledged'"):
+    with pytest.raises(LicenseError, match=r"'llama3' needs an acknowledgement.*'acknowledged'"):
         decision(card("license: llama3"))
     assert decision(card("license: llama3"), acknowledge=["llama3"]).acknowledged == ("llama3",)
     policy = parse_policy('acknowledged = ["llama3", "gemma"]\n[licenses]\nllama3 = "needs-acknowledgement"\n', "p")
@@ -82,8 +85,7 @@ def test_the_strictest_licence_on_the_chain_decides():
 
 def test_merges_list_several_bases_and_unknown_bases_are_denied():
     lineage = [{"name": "a", "license": "mit"}]
-    with pytest.raises(LicenseError, match=r"'\(unknown\)' of base model 'b' is denied .*not in the package "
-                                           r"lineage nor the policy's \[base_models\]"):
+    with pytest.raises(LicenseError, match=r"'\(unknown\)' of base model 'b' is denied .*lineage.*\[base_models\]"):
         decision(card("license: mit", base="[a, b]"), lineage)
     policy = parse_policy('[base_models]\n"b" = { license = "apache-2.0" }\n[licenses]\nmit = "allow"\n'
                           '"apache-2.0" = "allow"\n', "p")
@@ -108,8 +110,8 @@ def test_policy_can_allow_unknown_and_patterns_take_the_strictest():
 
 
 @pytest.mark.parametrize(("text", "reason"), [
-    ('[licenses]\nmit = "permit"\n', "licenses.'mit': unknown class 'permit' (expected one of allow, "
-                                     "allow-with-obligations, needs-acknowledgement, deny)"),
+    ('[licenses]\nmit = "permit"\n', "licenses.'mit': unknown class 'permit' .*allow, allow-with-obligations, "
+                                     "needs-acknowledgement, deny"),
     ('unknown = "maybe"\n', "unknown: unknown class 'maybe'"),
     ('[licenses]\nmit = { class = "allow", notes = "x" }\n', "unknown key 'notes'"),
     ('[licenses]\nmit = { class = "allow", obligations = "x" }\n', "obligations must be a list of strings"),
@@ -123,7 +125,7 @@ def test_bad_policy_files_one_line_each(tmp_path, text, reason):
     p.write_text(text)
     with pytest.raises(PolicyError) as e:
         load_policy(p)
-    assert reason in str(e.value) and str(e.value).startswith(str(p)) and "\n" not in str(e.value)
+    assert re.search(reason, str(e.value)) and str(e.value).startswith(str(p)) and "\n" not in str(e.value)
 
 
 def test_policy_file_locations(tmp_path, monkeypatch):
@@ -161,7 +163,7 @@ def test_metadata_licence_must_agree_with_the_card(make_package):
     with pytest.raises(LicenseError) as e:
         load(pkg)
     assert e.value.path.endswith("model.safetensors")
-    assert "metadata modelspec.license 'cc-by-nc-4.0' disagrees with the card's licence 'mit'" in e.value.reason
+    assert re.search(r"modelspec\.license 'cc-by-nc-4.0' disagrees .*'mit'", e.value.reason), e.value.reason
     assert load(make_package("ok", metadata={"modelspec.license": "MIT"})).license.cls == "allow"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_unsigned_package_when_keys_are_configured(make_package, keys, capsys):
     with pytest.raises(SignatureError) as e:
         load(pkg, trusted_keys=keys.trusted)
     assert e.value.path == str(pkg / "model.sig")
-    assert "missing: the package is unsigned and trusted keys are configured" in e.value.reason
+    assert re.search(r"missing.*unsigned.*trusted keys are configured", e.value.reason), e.value.reason
     m = load(pkg, trusted_keys=keys.trusted, allow_unsigned=True)
     assert m.signer is None and "is UNSIGNED" in m.warnings[0]
     assert f"ebru: warning: {pkg} is UNSIGNED" in capsys.readouterr().err
@@ -61,7 +62,7 @@ def test_unsigned_package_when_keys_are_configured(make_package, keys, capsys):
 def test_no_keys_configured_loads_with_a_warning(make_package, capsys):
     m = load(make_package())
     assert m.signer is None
-    assert "no trusted keys are configured, so its origin was not checked" in m.warnings[0]
+    assert re.search(r"no trusted keys.*origin was not checked", m.warnings[0]), m.warnings
     assert "ebru: warning:" in capsys.readouterr().err
 
 
@@ -90,7 +91,7 @@ def test_untrusted_and_expired_keys(make_package, keys):
              for line in pub.read_text().splitlines()]
     pub.write_text("\n".join(lines) + "\n")
     signed = make_package("signed", sign_key=keys.ed)
-    with pytest.raises(UntrustedKeyError, match=r"signed by ed \(ed25519, key .*\), which expired on 2020-01-01"):
+    with pytest.raises(UntrustedKeyError, match=r"signed by ed .*expired on 2020-01-01"):
         load(signed, trusted_keys=keys.trusted)
 
 
@@ -109,11 +110,10 @@ def test_structural_refusals_name_the_file(make_package, tmp_path):
     (pkg / "notes.txt").write_text("hi")
     with pytest.raises(IntegrityError) as e:
         load(pkg)
-    assert (e.value.path, e.value.reason) == (str(pkg / "notes.txt"),
-                                              "is not in the manifest; files a package does not list are refused")
+    assert e.value.path == str(pkg / "notes.txt") and re.match(r"is not in the manifest", e.value.reason)
     (pkg / "notes.txt").unlink()
     (pkg / "sub").mkdir()
-    with pytest.raises(IntegrityError, match=r"sub: is a directory; packages are flat"):
+    with pytest.raises(IntegrityError, match=r"sub: is a directory.*flat"):
         load(pkg)
     (pkg / "sub").rmdir()
     (pkg / ".hidden").write_text("x")

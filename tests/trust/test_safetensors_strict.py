@@ -177,9 +177,14 @@ def test_empty_zero_rank_and_zero_size_tensors_are_valid():
 def test_every_supported_dtype_loads_as_the_header_says():
     dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32,
               torch.float32, torch.int64, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2]
-    data = save({str(d): torch.zeros(3, dtype=d) for d in dtypes})
-    tensors, _ = load_bytes(data)
+    # distinct values per element (0, 1, 2 and -3 where signed; True/False for bool), exact in every dtype:
+    # the bytes come back as the same numbers, in order, bit for bit
+    want = {str(d): (torch.tensor([False, True, False, True]) if d is torch.bool else
+                     torch.tensor([0.0, 1.0, 2.0, -3.0 if d.is_signed else 3.0]).to(d)) for d in dtypes}
+    tensors, _ = load_bytes(save(want))
     assert {k: v.dtype for k, v in tensors.items()} == {str(d): d for d in dtypes}
+    for k, v in want.items():
+        assert torch.equal(tensors[k].view(torch.uint8), v.view(torch.uint8)), k
 
 
 def test_padding_with_spaces_is_accepted():

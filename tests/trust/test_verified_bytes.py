@@ -35,7 +35,7 @@ def test_loaded_model_hands_out_the_verified_bytes(make_package, keys):
     assert m.read("model.sig") == (pkg / "model.sig").read_bytes()
     with pytest.raises(FileNotFoundError, match=r"notes.txt: not in this package"):
         m.read("notes.txt")
-    with pytest.raises(ValueError, match=r"model.safetensors: the verified weights are in LoadedModel.weights"):
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*LoadedModel\.weights"):
         m.read("model.safetensors")
     v = verify(make_package("other", extra_files={"tokenizer.json": TOKENIZER}), quiet=True)
     with pytest.raises(ValueError, match=r"tokenizer.json: not kept by ebru.trust.verify\(\)"):
@@ -85,7 +85,7 @@ def test_weights_swapped_after_hashing_are_refused(make_package, tmp_path, monke
         return pkg_checked
 
     monkeypatch.setattr(loader_mod, "check_package", check_then_swap)
-    with pytest.raises(IntegrityError, match=r"model.safetensors: was replaced or changed after it was hashed"):
+    with pytest.raises(IntegrityError, match=r"model\.safetensors: .*changed after it was hashed"):
         verify(pkg, quiet=True) if check == "verify" else pack(pkg, tmp_path / "b.tar")
     assert not (tmp_path / "b.tar").exists()
 
