@@ -224,7 +224,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = _command(sub, "quickstart", _cmd_quickstart,
                  "train a class-conditional Fashion-MNIST model on this CPU (< 10 min); run again to resume")
-    add_train_flags(q, out_default="ebru-quickstart", resume=False, example="--set time_budget=2")
+    add_train_flags(q, out_default="ebru-out", resume=False, example="--set time_budget=2")
 
     t = _command(sub, "train", _cmd_train, "train a model from a config file or built-in recipe")
     t.add_argument("config", help=f"a TOML config file, or a recipe: {RECIPES}")

@@ -55,7 +55,7 @@ def _draw_reverse(pipe: ImagePipeline, label: int, path: Path, steps: int = 12) 
                      title=f"reverse: one '{name}' sample, {steps} dpmpp_2m steps")
 
 
-def run_quickstart(out: str | Path = "ebru-quickstart", overrides: list[str] | None = None,
+def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     cfg = load_config("quickstart", overrides)

@@ -27,7 +27,7 @@ with a warning; it never accepts a signature that fails against a trusted key, n
 that fails its manifest.
 
 *No trusted keys are configured*: packages load with a warning that their origin was not
-checked. This keeps ``make quickstart`` followed by ``ebru sample ebru-quickstart/model``
+checked. This keeps ``make quickstart`` followed by ``ebru sample ebru-out/model``
 working for a newcomer, while an organisation turns on enforcement by installing its keys —
 one directory, no code or flag changes — after which every unsigned load needs an explicit,
 audited ``--allow-unsigned``. The manifest check, licence policy and strict read apply in both
