@@ -124,9 +124,30 @@ def _tuned_schedule_settings(args: argparse.Namespace) -> None:
               "(--sampler and --steps choose others)", file=sys.stderr)
 
 
+def check_image_format(path: str, flag: str = "--grid") -> None:
+    """Refuse (``ValueError``) an image path whose extension names no format PIL writes in RGB (``.png``, ``.jpg``,
+    ``.webp``, ...): checked before any sampling, not when the image is saved after it."""
+    import io
+
+    from PIL import Image  # only when an image is to be written
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    try:
+        if fmt is None or fmt not in Image.SAVE:
+            raise ValueError
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)  # e.g. .xbm is registered but writes 1-bit only
+    except (ValueError, OSError):
+        what = f"'{suffix}' is not an image format ebru can write" if suffix else "it has no extension"
+        raise ValueError(f"{flag}: cannot write the image {path}: {what}; give FILE.png (or .jpg, .webp, .tif, "
+                         ".bmp)") from None
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     if not args.grid and not args.out_dir:
         raise ValueError("say where the images go: --grid FILE.png and/or --out-dir DIR")
+    if args.grid:
+        check_image_format(args.grid)
     if args.nrow is not None and not args.grid:
         raise ValueError("--nrow sets the images per row of --grid; give --grid FILE.png or drop --nrow")
     if not isinstance(args.schedule, str | None):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +49,28 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[
         row_h = img.height / rows
         for i, label in enumerate(row_labels):
             draw.text((4, top + int(row_h * (i + 0.5)) - 6), str(label)[:16], fill="black")
+    return save_image_atomically(canvas, path)
+
+
+def save_image_atomically(image: Image.Image, path: str | Path) -> Path:
+    """Save a PIL ``image`` to ``path`` (format from its extension) whole or not at all.
+
+    The image is written to a hidden temporary file beside ``path`` and renamed into place, so an
+    interruption (Ctrl-C) or a full disk never leaves a truncated image behind, nor destroys a previous
+    file of that name. Raises ``ValueError`` for an extension PIL cannot write, ``OSError`` for I/O errors.
+    """
     path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write the image {path}: unknown image extension {path.suffix!r}; give FILE.png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path

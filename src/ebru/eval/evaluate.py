@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ebru.checks import did_you_mean
 from ebru.data import load_dataset
 
 from .feature_net import class_agreement, load_feature_net
@@ -39,8 +40,30 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
     names = [m.strip().lower() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise ValueError(f"unknown metric {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+        hint = did_you_mean(unknown[0], METRICS) if len(unknown) == 1 else ""
+        raise ValueError(f"unknown metric {', '.join(unknown) or '(none given)'}{hint}; "
+                         f"choose from {', '.join(METRICS)}")
     return tuple(dict.fromkeys(names))
+
+
+PR_K = 3  # precision/recall's k-NN manifolds (Kynkaanniemi et al. 2019)
+
+
+def check_sample_count(metrics: Sequence[str], n: int, dim: int | None) -> None:
+    """Refuse ``n`` samples that are too few for one of ``metrics``, before any are drawn (``ValueError``).
+
+    FID needs more samples than the feature network has dimensions (``dim``; else the covariance is
+    singular), KID two (its unbiased MMD estimate), precision and recall more than k = 3 (k-NN radii).
+    """
+    if "fid" in metrics and dim is not None and n <= dim:
+        raise ValueError(f"FID needs more samples than feature dimensions: -n {n} <= {dim}; "
+                         f"use -n {dim + 1} or more (2,000+ for figures worth comparing)")
+    if "kid" in metrics and n < 2:
+        raise ValueError(f"KID needs at least 2 samples: -n {n}; use -n 2 or more (1,000+ for figures worth comparing)")
+    pr = [m for m in ("precision", "recall") if m in metrics]
+    if pr and n <= PR_K:
+        raise ValueError(f"{' and '.join(pr)} need more than k={PR_K} samples (k-NN radii): -n {n}; "
+                         f"use -n {PR_K + 1} or more")
 
 
 def resolve_feature_net(feature_net: nn.Module | None) -> nn.Module:
@@ -104,10 +127,7 @@ def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Se
     check_image_shape(net, images.shape[1:])
     sample_metrics = [m for m in metrics if m not in DATA_METRICS]
     n = len(images)
-    dim = getattr(net, "feature_dim", None)
-    if "fid" in sample_metrics and dim is not None and n <= dim:
-        raise ValueError(f"FID needs more samples than feature dimensions: -n {n} <= {dim}; "
-                         f"use -n {dim + 1} or more (2,000+ for figures worth comparing)")
+    check_sample_count(sample_metrics, n, getattr(net, "feature_dim", None))
     if "agreement" in sample_metrics and labels is None:
         raise ValueError("agreement needs the class each image was asked for: pass labels=, or leave agreement out "
                          "of metrics")
@@ -133,12 +153,12 @@ def evaluate_images(images: Tensor, *, labels: Tensor | None = None, metrics: Se
             figures["kid"], figures["kid_std"] = kid(feats, ref.features, subset_size=size)
             out["kid_subsets"] = {"subsets": 100, "subset_size": size, "seed": 0}
         if {"precision", "recall"} & set(sample_metrics):
-            p, r = precision_recall(ref.features, feats, k=3)
+            p, r = precision_recall(ref.features, feats, k=PR_K)
             if "precision" in sample_metrics:
                 figures["precision"] = p
             if "recall" in sample_metrics:
                 figures["recall"] = r
-            out["precision_recall"] = {"k": 3, "n_each": min(n, ref.n), "seed": 0}
+            out["precision_recall"] = {"k": PR_K, "n_each": min(n, ref.n), "seed": 0}
     if "agreement" in sample_metrics:
         if not hasattr(net, "head"):
             raise ValueError("agreement needs a classifier feature network (ebru's Fashion-MNIST network)")

@@ -25,6 +25,7 @@ from ebru.eval.evaluate import (
     DEFAULT_METRICS,
     bound_on_data,
     check_image_shape,
+    check_sample_count,
     evaluate_images,
     nll_on_data,
     parse_metrics,
@@ -59,10 +60,7 @@ def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: i
     net = resolve_feature_net(feature_net) if sample_metrics else None
     if net is not None:
         check_image_shape(net, pipe.image_shape)
-        dim = getattr(net, "feature_dim", None)
-        if "fid" in sample_metrics and dim is not None and n <= dim:
-            raise ValueError(f"FID needs more samples than feature dimensions: -n {n} <= {dim}; "
-                             f"use -n {dim + 1} or more (2,000+ for figures worth comparing)")
+        check_sample_count(sample_metrics, n, getattr(net, "feature_dim", None))
         resolve_reference(reference, net, progress)  # fail on a mismatched reference before sampling
     s = pipe.sampling(sampler, steps)
     setting = {"sampler": s["sampler"], "steps": s["steps"],

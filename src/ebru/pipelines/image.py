@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ebru.data.grid import to_uint8
+from ebru.data.grid import save_image_atomically, to_uint8
 from ebru.diffusion import Precond, sample
 from ebru.diffusion.defaults import SAMPLING
 from ebru.nets import build_net
@@ -163,6 +163,6 @@ def save_images(images: Tensor, out_dir: str | Path, prefix: str = "sample", *, 
         arr = a.squeeze(-1).numpy() if a.shape[-1] == 1 else a.numpy()
         label = "" if labels is None else f"-{safe_name(labels[i])}"
         p = out / f"{prefix}{label}-seed{seeds[i]:04d}.png"
-        Image.fromarray(arr).save(p)
+        save_image_atomically(Image.fromarray(arr), p)
         paths.append(p)
     return paths

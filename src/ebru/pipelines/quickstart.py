@@ -17,8 +17,9 @@ import torch
 
 from ebru.data.grid import save_grid
 from ebru.eval import class_agreement, load_feature_net
-from ebru.train import Trainer, load_config
+from ebru.train import TrainConfig, Trainer, load_config
 from ebru.train.checkpoint import list_checkpoints
+from ebru.trust.keys import key_id_of, resolve_trusted_keys
 
 from .image import ImagePipeline
 
@@ -55,10 +56,33 @@ def _draw_reverse(pipe: ImagePipeline, label: int, path: Path, steps: int = 12) 
                      title=f"reverse: one '{name}' sample, {steps} dpmpp_2m steps")
 
 
+def check_loadable_once_trained(cfg: TrainConfig, command: str = "ebru quickstart") -> None:
+    """Refuse (``ValueError``) to start a quickstart whose model its own last step would refuse to load.
+
+    The quickstarts load the model they trained through ``ebru.load`` with the default trust settings. Once
+    trusted keys are configured (``EBRU_TRUSTED_KEYS`` or ``~/.config/ebru/trusted_keys``, as the README's
+    signing section sets up), an unsigned package is refused, so without ``sign_key`` (or with a key that is
+    not trusted) the whole training budget would be spent before that refusal.
+    """
+    trusted = resolve_trusted_keys(None)
+    if trusted is None:
+        return
+    fix = (f"sign it as it is written with '{command} --set sign_key=KEY.key' (a key whose .pub is trusted), or "
+           "train with 'ebru train' and load it with --allow-unsigned")
+    if cfg.sign_key is None:
+        raise ValueError(f"trusted keys are configured ({trusted.source}), so the unsigned model this command "
+                         f"trains would be refused when it loads it afterwards: {fix}")
+    kid = key_id_of(cfg.sign_key)
+    if kid is not None and trusted.get(kid) is None:
+        raise ValueError(f"sign_key {cfg.sign_key} is not among the trusted keys ({trusted.source}), so the model "
+                         f"this command trains would be refused when it loads it afterwards: {fix}")
+
+
 def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     cfg = load_config("quickstart", overrides)
+    check_loadable_once_trained(cfg)
     resume = bool(list_checkpoints(out / "checkpoints"))
     trainer = Trainer(cfg, out, resume=resume, progress=progress)
     trainer.fit()  # returns at once when a resumed run has already spent its steps or time

@@ -20,6 +20,8 @@ from ebru.text.metrics import bits_per_char, generative_perplexity, tokens_per_s
 from ebru.train import Trainer, load_config
 from ebru.train.checkpoint import list_checkpoints
 
+from .quickstart import check_loadable_once_trained
+
 QUICKSTART_RECIPE = "text_quickstart"
 QUICKSTART_LENGTH = 200
 QUICKSTART_INFILL = "It is a truth [25] that a single man in possession of a good fortune, must be in want of a wife."
@@ -60,6 +62,7 @@ def run_text_quickstart(out: str | Path = "ebru-text-quickstart", overrides: lis
     t0 = time.time()
     out = Path(out)
     cfg = load_config(QUICKSTART_RECIPE, overrides)
+    check_loadable_once_trained(cfg, "ebru text quickstart")
     resume = bool(list_checkpoints(out / "checkpoints"))
     trainer = Trainer(cfg, out, resume=resume, progress=progress)
     trainer.fit()

@@ -29,12 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebru.checks import unknown_key_message
+from ebru.checks import finite_number, positive_int, unknown_key_message
 from ebru.diffusion.defaults import SAMPLING
 from ebru.tasks import TASKS
 from ebru.trust import TrustError, load_signing_key
 
 TABLES = ("model", "text")  # nested tables that --set reaches with "table.key=value"
+
+# The kind of every scalar key, checked by TrainConfig.validate before anything runs.
+_COUNTS = {"steps": 1, "batch_size": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "keep_checkpoints": 0,
+           "sample_every": 0, "seed": 0}  # integers >= the minimum (0 = "never" / "all" where the key allows it)
+_NUMBERS = ("sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std", "cond_dropout", "lr", "weight_decay",
+            "ema_halflife_images", "sample_guidance")  # finite numbers (ranges are checked below)
+_OPTIONAL_NUMBERS = ("time_budget", "grad_clip", "ema_rampup")  # finite numbers >= 0, or absent
+_FLAGS = ("class_conditional", "hflip", "compile", "tensorboard")
+_NAMES = ("task", "data", "prediction", "weighting", "lr_decay", "precision", "license", "device", "sample_sampler")
 
 
 @dataclass
@@ -106,8 +115,21 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
 
-        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer >= 1, got {self.steps!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1")
+        # Every key's kind first, so that a TOML or --set value of the wrong kind ("lr = 'abc'",
+        # "hflip = 'maybe'", "log_every = 0") is refused by name now, not as a TypeError mid-run or silently.
+        for name, minimum in _COUNTS.items():
+            positive_int(name, getattr(self, name), minimum=minimum)
+        for name in _NUMBERS:
+            finite_number(name, getattr(self, name))
+        for name in _OPTIONAL_NUMBERS:
+            if getattr(self, name) is not None:
+                finite_number(name, getattr(self, name), minimum=0.0)
+        for name in _FLAGS:
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in _NAMES:
+            need(isinstance(getattr(self, name), str), f"{name} must be a string, got {getattr(self, name)!r}")
+        need(self.image_size is None or (isinstance(self.image_size, int) and not isinstance(self.image_size, bool)),
+             f"image_size must be an integer, got {self.image_size!r}")
         need(self.batch_per_device is None or (isinstance(self.batch_per_device, int) and self.batch_per_device >= 1),
              "batch_per_device must be an integer >= 1")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -191,4 +213,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                              "save the config as UTF-8") from None
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{p}: not valid TOML ({e})") from None
+        if not d:  # an empty (or truncated, or comments-only) file would silently train every default
+            raise ValueError(f"{p}: the config sets nothing (an empty file?); give at least 'task' and 'data', "
+                             f"or a recipe: {', '.join(recipe_names())}")
     return TrainConfig.from_dict(apply_overrides(d, overrides or []))
