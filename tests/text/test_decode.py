@@ -191,3 +191,26 @@ def test_bad_steps_and_decoders():
         masked_decode(net, canvas(), M, steps=3, decoder="greedy")
     with pytest.raises(TextInputError, match="temperature must be >= 0"):
         masked_decode(net, canvas(), M, steps=3, temperature=-1)
+
+
+def test_fewer_steps_than_blocks_is_refused_not_raised_silently():
+    """Semi-autoregressive decoding needs a step per block: 2 steps over 3 blocks used to run 3 steps."""
+    import pytest as _pytest
+    import torch as _torch
+
+    from ebru.text import TextInputError
+    from ebru.text.decode import masked_decode
+
+    V = 5
+    canvas = _torch.full((1, 8), V)  # 8 masked positions, blocks of 3: windows [0,3) [3,6) [6,8)
+    calls = []
+
+    def logits_fn(x):
+        calls.append(1)
+        return _torch.zeros(*x.shape, V)
+
+    with _pytest.raises(TextInputError, match=r"steps 2 .*3 blocks"):
+        masked_decode(logits_fn, canvas, V, steps=2, block_length=3)
+    assert calls == []
+    tokens, nfe = masked_decode(logits_fn, canvas, V, steps=3, block_length=3)
+    assert nfe == 3 and bool((tokens < V).all())

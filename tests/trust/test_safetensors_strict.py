@@ -238,3 +238,11 @@ def test_random_single_byte_mutations_are_refused_or_loaded_consistently():
             ("F32", (2, 2), 24, 40), ("I64", (3,), 0, 24)]
         accepted_in_header += i < 8 + header_len
     assert refused > 100 and accepted_in_header < 40
+
+
+def test_a_file_of_another_kind_is_called_not_a_safetensors_file(tmp_path):
+    """A JSON or text file given by mistake: its first 8 bytes read as an absurd length; say what it is instead."""
+    wrong = tmp_path / "config.json"
+    wrong.write_text('{"kind": "image-diffusion", "net": {}}', encoding="utf-8")
+    with pytest.raises(UnsafeFileError, match=r"config.json: not a safetensors file"):
+        validate_file(wrong)

@@ -8,7 +8,6 @@ without classes), right after it is loaded and before any sampling.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from .options import (
     describe_origin,
     load_model,
     note_guidance,
+    write_json,
 )
 
 # The built-in recipes, read from the package's data folder (not from ebru.train: `ebru --help` stays fast).
@@ -214,8 +214,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             nll_images=args.nll_images, progress=True)
     print(format_report(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_json(args.json, report)
         print(f"\njson: {args.json}")
     return 0
 

@@ -14,13 +14,11 @@ raises ValueError/OSError subclasses with one-line messages, which ``ebru`` prin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from . import argtypes
-from .options import add_device, add_json, add_seed, add_train_flags, add_trust_flags, load_options
+from .options import add_device, add_json, add_seed, add_train_flags, add_trust_flags, load_options, write_json
 
 TEXT_RECIPES = "text_quickstart, text_mdlm_austen, text_ar_austen, text_block_austen, text_uniform_austen"
 
@@ -168,8 +166,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     tp = r["tokens_per_s"]
     print(f"tokens/s:     {tp['batch_1']:.0f} at batch 1, {tp['batch_16']:.0f} at batch 16")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=1, default=str), encoding="utf-8")
+        write_json(args.json, r)
         print(f"json:         {args.json}")
     return 0
 

@@ -143,6 +143,9 @@ def masked_decode(logits_fn: Callable[[Tensor], Tensor], canvas: Tensor, mask_id
     gens = generators(seeds, B, x.device)
     b = block_length or T
     windows = [(s, min(s + b, T)) for s in range(0, T, b) if (x[:, s:s + b] == mask_id).any()]
+    if len(windows) > steps:  # every block needs a step of its own: never take more steps than asked
+        raise TextInputError(f"steps {steps} is fewer than the {len(windows)} blocks of {b} tokens to fill; "
+                             f"give steps >= {len(windows)} or a longer block_length")
     nfe, logits, logits_for = 0, None, None
     step_total = 0
     for (lo, hi), w_steps in zip(windows, split_steps(steps, max(len(windows), 1))):

@@ -187,6 +187,11 @@ def _validate(f: BinaryIO, size: int, path: str | os.PathLike) -> SafetensorsInf
     (n,) = struct.unpack("<Q", f.read(8))
     if n < 2:
         raise UnsafeFileError(path, f"header length {n} is too small for a JSON object")
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        if f.read(1) != b"{":  # e.g. a JSON or text file given by mistake: its first 8 bytes are no length
+            raise UnsafeFileError(path, f"not a safetensors file (its first 8 bytes are not a header length: "
+                                        f"{n} for a file of {size} bytes, and no JSON header follows)")
+        f.seek(8)
     if n > MAX_HEADER_BYTES:
         raise UnsafeFileError(path, f"header length {n} exceeds the {MAX_HEADER_BYTES // 2**20} MiB limit")
     if 8 + n > size:
