@@ -14,11 +14,9 @@ is parsed, before any work starts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +52,11 @@ def add_trust_flags(p: argparse.ArgumentParser, flags: tuple[str, ...] = TRUST_F
 def write_json(path: str | os.PathLike, record: Any) -> Path:
     """Write ``record`` as UTF-8 JSON at ``path`` whole or not at all (a temporary sibling renamed into place),
     so an interrupted ``--json`` report never leaves a truncated file or destroys the previous one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    from ebru.data.atomic import atomic_open  # here: ebru.data pulls in torch, and `ebru --help` stays fast
+
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, default=str)
+    return Path(path)
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
