@@ -125,7 +125,7 @@ def test_the_integer_checks_accept_what_they_should():
 
 
 OUTPUTS = {"out", "grid", "out_dir", "json"}
-OUTPUT_TYPES = {argtypes.output_file, argtypes.output_dir, argtypes.new_dir}
+OUTPUT_TYPES = {argtypes.output_file, argtypes.image_file, argtypes.output_dir, argtypes.new_dir}
 
 
 def test_every_output_path_is_checked_before_any_work():
