@@ -262,3 +262,22 @@ def test_unet_variants(overrides):
                                               + t[..., 1::2, 1::2]) / 4)
         for m in ups:
             assert torch.equal(m(t), t.repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pooled_text_vector_conditions_the_output_and_starts_at_no_effect(kind):
+    fresh = tiny(kind, pooled_dim=6)
+    x, c = inputs(2)
+    pooled = torch.randn(2, 6)
+    # zero-initialised last layer: a fresh network's output does not depend on the pooled vector yet
+    torch.testing.assert_close(fresh(x, c, encoder_pooled=pooled), fresh(x, c), rtol=0, atol=0)
+    net = perturb(fresh)
+    out = net(x, c, encoder_pooled=pooled)
+    assert (out - net(x, c, encoder_pooled=-pooled)).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+    # one (1, P) vector applies to the whole batch; each sample gets what it gets alone
+    torch.testing.assert_close(net(x, c, encoder_pooled=pooled[:1]), net(x, c, encoder_pooled=pooled[:1].expand(2, -1)))
+    torch.testing.assert_close(out[1:], net(x[1:], c[1:], encoder_pooled=pooled[1:]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"encoder_pooled must have shape \(2, 6\)"):
+        net(x, c, encoder_pooled=torch.randn(2, 5))
+    with pytest.raises(ValueError, match="no pooled text input"):
+        tiny(kind)(x, c, encoder_pooled=pooled)

@@ -2,7 +2,8 @@
 
 Every network has the signature::
 
-    net(x (B,C,H,W), c_noise (B,), class_labels=None, encoder_states=None, encoder_mask=None) -> (B,out,H,W)
+    net(x (B,C,H,W), c_noise (B,), class_labels=None, encoder_states=None, encoder_mask=None,
+        encoder_pooled=None) -> (B,out,H,W)
 
 and becomes a Denoiser through :class:`ebru.diffusion.Precond`. Build one from a
 config (a dataclass or the dict in a model package's ``config.json``) with
@@ -25,6 +26,7 @@ from .layers import (
     FourierEmbedding,
     LabelEmbedding,
     NoiseEmbedding,
+    PooledEmbedding,
     PositionalEmbedding,
     SelfAttention,
     TextContext,
@@ -60,7 +62,7 @@ def build_net(config: dict[str, Any] | UNetConfig | DiTConfig) -> nn.Module:
 __all__ = [
     "NETS", "NET_CONFIGS",
     "CrossAttention", "DiT", "DiTConfig", "FourierEmbedding", "KVCache", "LabelEmbedding", "NetConfig",
-    "NoiseEmbedding", "PositionalEmbedding", "SelfAttention", "TextContext", "Transformer", "TransformerConfig",
-    "UNet", "UNetConfig",
+    "NoiseEmbedding", "PooledEmbedding", "PositionalEmbedding", "SelfAttention", "TextContext", "Transformer",
+    "TransformerConfig", "UNet", "UNetConfig",
     "build_net",
 ]

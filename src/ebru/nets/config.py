@@ -107,6 +107,8 @@ class UNetConfig(NetConfig):
         dropout: dropout inside the residual blocks.
         num_classes: number of classes for class conditioning (a null row is added for CFG).
         cond_dim: width of text encoder states for cross-attention (e.g. 384 for MiniLM).
+        pooled_dim: width of the pooled sentence vector added, through an MLP, to the noise embedding
+            (the pooled-text path of SDXL's ``text_embeds`` / DiT-style adaLN conditioning), e.g. 384.
         noise_embedding: ``"positional"`` (sinusoidal, ADM) or ``"fourier"`` (random, NCSN++).
         resample: ``"conv"`` (strided conv down, nearest + conv up) or ``"pool"`` (average pool
             down, nearest up, no parameters).
@@ -124,6 +126,7 @@ class UNetConfig(NetConfig):
     dropout: float = 0.1
     num_classes: int | None = None
     cond_dim: int | None = None
+    pooled_dim: int | None = None
     noise_embedding: str = "positional"
     resample: str = "conv"
 
@@ -133,7 +136,7 @@ class UNetConfig(NetConfig):
         self._check_kind()
         for name in ("image_size", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads"):
             _positive_int(name, getattr(self, name))
-        for name in ("num_classes", "cond_dim"):
+        for name in ("num_classes", "cond_dim", "pooled_dim"):
             _optional_positive_int(name, getattr(self, name))
         _dropout(self.dropout)
         _choice("noise_embedding", self.noise_embedding, NOISE_EMBEDDINGS)
@@ -180,6 +183,7 @@ class DiTConfig(NetConfig):
         mlp_ratio: MLP hidden width as a multiple of ``hidden``.
         num_classes: number of classes for class conditioning (a null row is added for CFG).
         cond_dim: width of text encoder states for cross-attention in every block.
+        pooled_dim: width of the pooled sentence vector added, through an MLP, to the adaLN conditioning.
         dropout: dropout on attention weights and in the MLP.
     """
 
@@ -194,6 +198,7 @@ class DiTConfig(NetConfig):
     mlp_ratio: float = 4.0
     num_classes: int | None = None
     cond_dim: int | None = None
+    pooled_dim: int | None = None
     dropout: float = 0.0
 
     KIND: ClassVar[str] = "dit"
@@ -202,7 +207,7 @@ class DiTConfig(NetConfig):
         self._check_kind()
         for name in ("image_size", "patch_size", "in_channels", "out_channels", "hidden", "depth", "num_heads"):
             _positive_int(name, getattr(self, name))
-        for name in ("num_classes", "cond_dim"):
+        for name in ("num_classes", "cond_dim", "pooled_dim"):
             _optional_positive_int(name, getattr(self, name))
         _dropout(self.dropout)
         if (isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, int | float)

@@ -19,6 +19,7 @@ from .layers import (
     CrossAttention,
     LabelEmbedding,
     NoiseEmbedding,
+    PooledEmbedding,
     SelfAttention,
     TextContext,
     check_image,
@@ -88,7 +89,8 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer ``F(x, c_noise, class_labels=None, encoder_states=None, encoder_mask=None)``.
+    """Diffusion Transformer ``F(x, c_noise, class_labels=None, encoder_states=None, encoder_mask=None,
+    encoder_pooled=None)``.
 
     Args:
         config: a :class:`DiTConfig`.
@@ -108,6 +110,7 @@ class DiT(nn.Module):
         self.register_buffer("pos", sincos_2d(d, cfg.grid_size)[None], persistent=False)
         self.noise_embed = NoiseEmbedding("positional", 256, d)
         self.label_embed = LabelEmbedding(cfg.num_classes, d) if cfg.num_classes else None
+        self.pooled_embed = PooledEmbedding(cfg.pooled_dim, d) if cfg.pooled_dim else None
         self.text = TextContext(cfg.cond_dim) if cfg.cond_dim else None
         self.blocks = nn.ModuleList(
             DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.cond_dim, cfg.dropout) for _ in range(cfg.depth))
@@ -130,6 +133,8 @@ class DiT(nn.Module):
             zero_(block.ada)
             if block.cross is not None:
                 zero_(block.cross.proj)
+        if self.pooled_embed is not None:
+            zero_(self.pooled_embed.mlp[2])
         zero_(self.ada_out)
         zero_(self.out)
 
@@ -147,9 +152,11 @@ class DiT(nn.Module):
         class_labels: Tensor | None = None,
         encoder_states: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        encoder_pooled: Tensor | None = None,
     ) -> Tensor:
         check_image(x, self.config.in_channels, self.config.image_size)
-        c, context, keep = conditioning(self, x, c_noise, class_labels, encoder_states, encoder_mask)
+        c, context, keep = conditioning(self, x, c_noise, class_labels, encoder_states, encoder_mask,
+                                      encoder_pooled)
         c = F.silu(c)
         h = self.patch(x.to(self.patch.weight.dtype)).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:

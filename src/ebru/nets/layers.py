@@ -5,6 +5,8 @@
   :class:`NoiseEmbedding` adds the MLP that maps them to the conditioning width.
 - :class:`LabelEmbedding` holds ``num_classes + 1`` rows; the last is the learned null
   class used for classifier-free guidance (label ``-1`` or ``None``).
+- :class:`PooledEmbedding` maps a pooled sentence vector (B, P) to the conditioning width; it is
+  added to the noise embedding (SDXL's pooled ``text_embeds``; the adaLN path of DiT / SD3).
 - :class:`TextContext` normalises text encoder states and appends one learned null token
   that every query may attend to, so ``encoder_states=None`` and an all-False mask give
   the same (null) condition and SDPA never sees an empty key set.
@@ -209,6 +211,30 @@ class LabelEmbedding(nn.Module):
         return self.table(idx)
 
 
+class PooledEmbedding(nn.Module):
+    """Pooled text vector (B, P) -> (B, dim): LayerNorm, Linear-SiLU-Linear, the last layer zero-initialised.
+
+    Added to the noise embedding, so a fresh network ignores the text until training moves it.
+    ``None`` (the condition dropped) gives zeros; a (1, P) vector applies to the whole batch.
+    """
+
+    def __init__(self, pooled_dim: int, dim: int):
+        super().__init__()
+        self.pooled_dim = pooled_dim
+        self.norm = nn.LayerNorm(pooled_dim)
+        self.mlp = nn.Sequential(nn.Linear(pooled_dim, dim), nn.SiLU(), zero_(nn.Linear(dim, dim)))
+
+    def forward(self, pooled: Tensor | None, batch: int) -> Tensor | None:
+        if pooled is None:
+            return None
+        if pooled.ndim == 2 and pooled.shape[0] == 1 and batch > 1:
+            pooled = pooled.expand(batch, -1)
+        if pooled.shape != (batch, self.pooled_dim):
+            raise ValueError(f"encoder_pooled must have shape ({batch}, {self.pooled_dim}), got {tuple(pooled.shape)}")
+        weight = self.mlp[0].weight
+        return self.mlp(self.norm(pooled.to(weight.device, weight.dtype)))
+
+
 class TextContext(nn.Module):
     """Prepare text encoder states for cross-attention: LayerNorm, then append a learned null token.
 
@@ -314,11 +340,12 @@ def conditioning(
     class_labels: Tensor | None,
     encoder_states: Tensor | None,
     encoder_mask: Tensor | None,
+    encoder_pooled: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The (B, emb) noise + class embedding and the text (context, keep) pair for ``net``.
+    """The (B, emb) noise + class (+ pooled text) embedding and the text (context, keep) pair for ``net``.
 
-    ``net`` has ``noise_embed``, ``label_embed`` (or None) and ``text`` (or None) modules.
-    Raises ``ValueError`` for a condition the network was not built for.
+    ``net`` has ``noise_embed``, ``label_embed`` (or None), ``pooled_embed`` (or None) and ``text``
+    (or None) modules. Raises ``ValueError`` for a condition the network was not built for.
     """
     batch = x.shape[0]
     emb = net.noise_embed(check_noise(c_noise, batch).to(x.device))
@@ -326,6 +353,12 @@ def conditioning(
         emb = emb + net.label_embed(class_labels, batch, x.device)
     elif class_labels is not None:
         raise ValueError("class_labels were given, but this model has no class conditioning (num_classes=None)")
+    pooled_embed = getattr(net, "pooled_embed", None)
+    if pooled_embed is not None:
+        extra = pooled_embed(encoder_pooled, batch)
+        emb = emb if extra is None else emb + extra
+    elif encoder_pooled is not None:
+        raise ValueError("encoder_pooled was given, but this model has no pooled text input (pooled_dim=None)")
     if net.text is not None:
         context, keep = net.text(encoder_states, encoder_mask, batch)
     elif encoder_states is not None or encoder_mask is not None:

@@ -31,6 +31,7 @@ from .layers import (
     Dropout,
     LabelEmbedding,
     NoiseEmbedding,
+    PooledEmbedding,
     SelfAttention,
     TextContext,
     check_image,
@@ -123,14 +124,16 @@ class Stage(nn.Module):
 
 
 class UNet(nn.Module):
-    """ADM-style U-Net ``F(x, c_noise, class_labels=None, encoder_states=None, encoder_mask=None)``.
+    """ADM-style U-Net ``F(x, c_noise, class_labels=None, encoder_states=None, encoder_mask=None,
+    encoder_pooled=None)``.
 
     Args:
         config: a :class:`UNetConfig`; the defaults when None.
 
     ``forward`` returns (B, out_channels, H, W). ``class_labels`` of ``-1`` (or None)
     select the learned null class; ``encoder_states`` (B, L, cond_dim) are attended
-    to at the attention resolutions, ``encoder_mask`` (B, L) bool marks tokens to keep.
+    to at the attention resolutions, ``encoder_mask`` (B, L) bool marks tokens to keep,
+    ``encoder_pooled`` (B, pooled_dim) is added to the noise embedding (see :class:`PooledEmbedding`).
 
     Attributes:
         config: the :class:`UNetConfig` it was built from.
@@ -149,6 +152,7 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.noise_embed = NoiseEmbedding(cfg.noise_embedding, ch if ch % 2 == 0 else ch + 1, emb_dim)
         self.label_embed = LabelEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
+        self.pooled_embed = PooledEmbedding(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
         self.text = TextContext(cfg.cond_dim) if cfg.cond_dim else None
 
         def stage(cin: int, cout: int, res: int) -> Stage:
@@ -192,9 +196,11 @@ class UNet(nn.Module):
         class_labels: Tensor | None = None,
         encoder_states: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        encoder_pooled: Tensor | None = None,
     ) -> Tensor:
         check_image(x, self.config.in_channels, self.config.image_size)
-        emb, context, keep = conditioning(self, x, c_noise, class_labels, encoder_states, encoder_mask)
+        emb, context, keep = conditioning(self, x, c_noise, class_labels, encoder_states, encoder_mask,
+                                      encoder_pooled)
         emb = F.silu(emb)
 
         fmt = memory_format_of(x)
