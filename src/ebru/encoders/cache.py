@@ -1,0 +1,139 @@
+"""Encode each unique caption once, and keep the result on disk: :func:`encode_captions`.
+
+Training a text-to-image model on a 2-core CPU should spend its time on the denoiser, not on re-running
+a frozen encoder over the same few thousand captions every epoch. The cache under ``cache_dir`` is, per
+encoder (its ``spec()`` without ``path``: the weight digest, ``max_length``, pooling), two files:
+
+- ``text-<key>.json`` — the index: ``{"version", "spec", "captions": [...], "file", "sha256"}``; row i of
+  the tensors belongs to ``captions[i]``;
+- ``text-<key>-<sha>.safetensors`` — ``states`` (N, T, D), ``mask`` (N, T), ``pooled`` (N, P).
+
+The tensor file is written first under a content-derived name, then the index is replaced atomically
+(:func:`ebru.data.atomic.atomic_open`), so a reader always sees a consistent pair. A cache that cannot be
+trusted (unreadable index, digest mismatch, a file the strict safetensors reader refuses, wrong shapes)
+is ignored with a warning and rebuilt; it is never used blindly and never stops training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+from ebru.checks import positive_int
+from ebru.data.atomic import atomic_open
+from ebru.trust import TrustError, load_bytes
+
+from .base import EncoderError, TextEncoder, TextEncoding
+
+VERSION = 1
+
+
+def cache_key(encoder: TextEncoder) -> str:
+    """16 hex digits naming ``encoder``'s outputs: the SHA-256 of its spec without ``path`` (canonical JSON)."""
+    spec = {k: v for k, v in encoder.spec().items() if k != "path"}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def _encode(encoder: TextEncoder, captions: list[str], batch_size: int, progress: bool) -> list[TextEncoding]:
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(captions), batch_size)
+    bar = tqdm(starts, desc=f"encoding {len(captions)} captions", unit="batch", disable=not progress, leave=False)
+    return [encoder.encode(captions[i:i + batch_size]) for i in bar]
+
+
+def _read(index_path: Path, spec: dict[str, Any]) -> tuple[list[str], TextEncoding] | None:
+    """The cached captions and rows, or None (with a warning when something was there but is not trustworthy)."""
+    if not index_path.exists():
+        return None
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        if not isinstance(index, dict) or index.get("version") != VERSION:
+            raise ValueError("unknown index format")
+        if index.get("spec") != spec:
+            raise ValueError("it was written for another encoder")
+        captions, name = index["captions"], index["file"]
+        if not (isinstance(captions, list) and all(isinstance(c, str) for c in captions)):
+            raise ValueError("its caption list is malformed")
+        if not isinstance(name, str) or Path(name).name != name:
+            raise ValueError("its file name is malformed")
+        data = (index_path.parent / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != index.get("sha256"):
+            raise ValueError(f"{name} does not match the SHA-256 in the index")
+        tensors, _ = load_bytes(data, index_path.parent / name)
+        if set(tensors) != {"states", "mask", "pooled"}:
+            raise ValueError(f"{name} holds tensors {sorted(tensors)}")
+        enc = TextEncoding(tensors["states"].float(), tensors["mask"].bool(), tensors["pooled"].float())
+        if len(enc) != len(captions) or len(set(captions)) != len(captions):
+            raise ValueError(f"{len(enc)} rows for {len(captions)} captions")
+        if (enc.states.shape[2], enc.pooled.shape[1]) != (spec.get("dim"), spec.get("pooled_dim")):
+            raise ValueError(f"widths {enc.states.shape[2]}/{enc.pooled.shape[1]} differ from the encoder's")
+        return captions, enc
+    except (OSError, ValueError, KeyError, TypeError, TrustError, RuntimeError) as e:
+        msg = " ".join(str(e).split())
+        warnings.warn(f"text-encoder cache {index_path} ignored and rebuilt ({msg})", UserWarning, stacklevel=3)
+        return None
+
+
+def _write(index_path: Path, spec: dict[str, Any], captions: list[str], enc: TextEncoding) -> None:
+    blob = save({"states": enc.states.contiguous(), "mask": enc.mask.contiguous(), "pooled": enc.pooled.contiguous()})
+    sha = hashlib.sha256(blob).hexdigest()
+    stem = index_path.stem
+    name = f"{stem}-{sha[:16]}.safetensors"
+    with atomic_open(index_path.parent / name, "wb") as f:
+        f.write(blob)
+    index = {"version": VERSION, "spec": spec, "captions": captions, "file": name, "sha256": sha}
+    with atomic_open(index_path, "w", encoding="utf-8") as f:
+        json.dump(index, f, ensure_ascii=False)
+    for old in index_path.parent.glob(f"{stem}-*.safetensors"):  # files of earlier indexes
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def encode_captions(encoder: TextEncoder, captions: Sequence[str], *, batch_size: int = 256,
+                    cache_dir: str | Path | None = None, progress: bool = False) -> TextEncoding:
+    """The encodings of the unique ``captions``, one row each, in first-occurrence order.
+
+    Returns a :class:`TextEncoding` of U rows (U unique captions) padded to the longest of them:
+    ``states`` (U, T, D), ``mask`` (U, T), ``pooled`` (U, P); the same values whether or not they came
+    from the cache. With ``cache_dir``, captions already cached for this encoder (same spec: weight
+    digest, ``max_length``, pooling) are not encoded again, and new ones are added to the cache. To get
+    the rows of a list of caption indices, index the result: ``enc[idx]``.
+
+    Raises :class:`EncoderError` for a non-string caption or a bad ``batch_size``.
+    """
+    batch_size = positive_int("batch_size", batch_size, error=EncoderError)
+    if isinstance(captions, str | bytes):
+        raise EncoderError("captions must be a list of strings, got a single string")
+    for i, c in enumerate(captions):
+        if not isinstance(c, str):
+            raise EncoderError(f"caption {i} must be a string, got {type(c).__name__}")
+    unique = list(dict.fromkeys(captions))
+    if cache_dir is None:
+        parts = _encode(encoder, unique, batch_size, progress)
+        return TextEncoding.cat(parts).trim() if parts else encoder.encode([])
+
+    spec = {k: v for k, v in encoder.spec().items() if k != "path"}
+    index_path = Path(cache_dir) / f"text-{cache_key(encoder)}.json"
+    cached = _read(index_path, spec)
+    known, rows = cached if cached is not None else ([], None)
+    where = {c: i for i, c in enumerate(known)}
+    new = [c for c in unique if c not in where]
+    if new:
+        added = TextEncoding.cat(_encode(encoder, new, batch_size, progress))
+        rows = added if rows is None else TextEncoding.cat([rows, added])
+        for c in new:
+            where[c] = len(where)
+        known = known + new
+        _write(index_path, spec, known, rows)
+    if not unique:
+        return encoder.encode([])
+    assert rows is not None
+    return rows[torch.tensor([where[c] for c in unique], dtype=torch.long)].trim()

@@ -1,0 +1,122 @@
+"""encode_captions: unique captions in first-occurrence order, cached on disk, a damaged cache rebuilt."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from ebru.encoders import EncoderError, encode_captions
+from ebru.encoders.cache import cache_key
+
+CAPTIONS = ["a red sneaker", "a blue bag", "a red sneaker", "", "three yellow dresses on the left", "a blue bag"]
+UNIQUE = ["a red sneaker", "a blue bag", "", "three yellow dresses on the left"]
+
+
+def same(a, b):
+    assert a.states.shape == b.states.shape and torch.equal(a.mask, b.mask)
+    assert torch.allclose(a.states, b.states, atol=1e-5, rtol=0)
+    assert torch.allclose(a.pooled, b.pooled, atol=1e-5, rtol=0)
+
+
+class Counting:
+    """Wraps an encoder and records the prompts it was asked to encode."""
+
+    def __init__(self, encoder, fail: bool = False):
+        self.inner, self.fail, self.seen = encoder, fail, []
+        for k in ("name", "dim", "pooled_dim", "max_length", "digest"):
+            setattr(self, k, getattr(encoder, k))
+
+    def encode(self, prompts):
+        if self.fail and prompts:
+            raise AssertionError(f"encoded {prompts} although they were cached")
+        self.seen += list(prompts)
+        return self.inner.encode(prompts)
+
+    def spec(self):
+        return self.inner.spec()
+
+
+def test_unique_captions_in_first_occurrence_order(minilm):
+    counting = Counting(minilm)
+    enc = encode_captions(counting, CAPTIONS, batch_size=3)
+    assert counting.seen == UNIQUE  # each caption encoded once, in batches of at most 3
+    same(enc, minilm.encode(UNIQUE))
+    with pytest.raises(EncoderError, match="caption 1 must be a string"):
+        encode_captions(minilm, ["a", None])
+    with pytest.raises(EncoderError, match="batch_size must be a positive integer"):
+        encode_captions(minilm, ["a"], batch_size=0)
+
+
+def test_second_call_is_served_from_the_cache(minilm, tmp_path):
+    first = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    key = cache_key(minilm)
+    assert files[0] == f"text-{key}-" + files[0].split("-")[-1] and files[1] == f"text-{key}.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = encode_captions(Counting(minilm, fail=True), list(reversed(CAPTIONS)), cache_dir=tmp_path)
+    order = list(dict.fromkeys(reversed(CAPTIONS)))
+    same(again, first[torch.tensor([UNIQUE.index(c) for c in order])].trim())
+    counting = Counting(minilm)
+    grown = encode_captions(counting, ["a green shirt", "a blue bag"], cache_dir=tmp_path)
+    assert counting.seen == ["a green shirt"]  # only the new caption
+    same(grown, minilm.encode(["a green shirt", "a blue bag"]))
+    index = json.loads((tmp_path / f"text-{key}.json").read_text(encoding="utf-8"))
+    assert index["captions"] == [*UNIQUE, "a green shirt"]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1  # the superseded tensor file is gone
+
+
+def test_cache_is_keyed_by_the_encoder_spec(minilm):
+    class Other(Counting):
+        def spec(self):
+            return {**self.inner.spec(), "max_length": 16}
+
+    class Moved(Counting):
+        def spec(self):
+            return {**self.inner.spec(), "path": "/elsewhere"}
+
+    assert cache_key(Other(minilm)) != cache_key(minilm)
+    assert cache_key(Moved(minilm)) == cache_key(minilm)  # the same weights in another folder
+
+
+@pytest.mark.parametrize("damage", ["flip", "index", "not-safetensors", "rows"])
+def test_damaged_cache_is_rebuilt_with_a_warning(minilm, tmp_path, damage):
+    first = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
+    index_path = tmp_path / f"text-{cache_key(minilm)}.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    data_path = tmp_path / index["file"]
+    if damage == "flip":
+        data = bytearray(data_path.read_bytes())
+        data[-3] ^= 0xFF
+        data_path.write_bytes(bytes(data))
+        reason = "does not match the SHA-256"
+    elif damage == "index":
+        index_path.write_text("{not json", encoding="utf-8")
+        reason = "Expecting property name"
+    else:  # a file whose digest the index vouches for, but that the strict reader refuses / that disagrees
+        import hashlib
+
+        if damage == "not-safetensors":
+            data = b"\x80\x04K\x01."  # a pickle stream
+            reason = "pickle"
+        else:
+            index["captions"] = index["captions"][:-1]
+            data = data_path.read_bytes()
+            reason = "4 rows for 3 captions"
+        data_path.write_bytes(data)
+        index["sha256"] = hashlib.sha256(data).hexdigest()
+        index_path.write_text(json.dumps(index), encoding="utf-8")
+    with pytest.warns(UserWarning, match=f"text-encoder cache .* ignored and rebuilt .*{reason}"):
+        rebuilt = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
+    same(rebuilt, first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same(encode_captions(Counting(minilm, fail=True), CAPTIONS, cache_dir=tmp_path), first)
+
+
+def test_no_captions(minilm, tmp_path):
+    assert len(encode_captions(minilm, [])) == 0
+    assert len(encode_captions(minilm, [], cache_dir=tmp_path)) == 0
