@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from ebru import __version__
@@ -134,10 +135,22 @@ def _parse_and_run(argv: list[str], debug: list[bool]) -> int:
     return args.func(args)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, ``ebru: warning: <message>`` (no source path and code line for users)."""
+    _say(f"ebru: warning: {' '.join(str(message).split())}")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the ``ebru`` command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (see above)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = [debug_from_env()]  # _parse_and_run adds --traceback once the command line is parsed
+    with warnings.catch_warnings():
+        if not debug[0]:
+            warnings.showwarning = _show_warning
+        return _run(argv, debug)
+
+
+def _run(argv: list[str], debug: list[bool]) -> int:
     try:
         code = _parse_and_run(argv, debug)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at the interpreter's exit

@@ -73,14 +73,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from ebru.pipelines.quickstart import run_quickstart
 
-    print(f"ebru quickstart: training a class-conditional Fashion-MNIST model into {args.out}/ ...", flush=True)
+    print(f"ebru quickstart: training a text-to-image model (coloured Fashion-MNIST items, MiniLM text encoder) "
+          f"into {args.out}/ ...", flush=True)
     r = run_quickstart(args.out, args.set)
     print(f"\ntrained {r['steps']} steps in {r['minutes']:.1f} min, final loss {r['final_loss']:.4f}")
-    if r["agreement"] is not None:
-        print(f"class agreement: {r['agreement']:.0%} of the grid's {len(r['labels'])} samples are classified as "
-              "the class they were asked for (ebru's Fashion-MNIST feature network)")
+    report = r["agreement"]
+    if report is not None:
+        print("prompt agreement (ebru's judges: item class by its Fashion-MNIST feature network, colour by hue):")
+        for task in ("single_object", "colour"):
+            t = report[task]
+            print(f"  {task.replace('_', ' '):<14} {t['seen']:.0%} on training phrasings, {t['held_out']:.0%} on "
+                  f"phrasings never seen in training ({t['n_seen']} + {t['n_held_out']} samples)")
     for key in ("model", "samples", "forward", "reverse", "log"):
         print(f"{key + ':':<9}{r[key]}")
+    print(f'\nnext:    ebru sample {r["model"]} --prompt "a yellow sneaker" -n 8 --grid yellow.png')
     return 0
 
 
@@ -136,6 +142,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from ebru.pipelines.image import ImagePipeline, save_images
 
     model = load_model(args)
+    if model.config.get("text_encoder"):
+        return _sample_text(args, model)
+    if args.prompt is not None or args.negative_prompt is not None:
+        kind = "class-conditional" if model.config.get("num_classes") else "unconditional"
+        raise ValueError(f"--prompt needs a text-to-image model, and {args.model_dir} is {kind}: "
+                         + ("use --class" if kind == "class-conditional" else "drop --prompt"))
     pipe = ImagePipeline.from_pretrained(model, device=args.device)
     names = pipe.class_names or [str(i) for i in range(pipe.num_classes or 0)]
     labels = None
@@ -175,6 +187,42 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_text(args: argparse.Namespace, model: Any) -> int:
+    """``ebru sample`` for a text-to-image model: ``-n`` images per ``--prompt``, one grid row per prompt."""
+    from ebru.data.grid import save_grid
+    from ebru.pipelines.image import save_images
+    from ebru.pipelines.text2image import TextToImagePipeline
+
+    if args.class_ is not None:
+        raise ValueError(f"{args.model_dir} is a text-to-image model: give --prompt \"...\", not --class")
+    if args.prompt is None:
+        raise ValueError(f"{args.model_dir} is a text-to-image model: give --prompt \"...\" (repeat it for several "
+                         "prompts; --prompt \"\" draws unconditional samples)")
+    pipe = TextToImagePipeline.from_pretrained(model, device=args.device)
+    note_guidance(args.guidance)
+    print(f"model:  {model.path} ({describe_origin(model)}; text encoder {pipe.encoder.name})")
+    negative = args.negative_prompt
+    seeds = list(range(args.seed, args.seed + args.n * len(args.prompt)))
+    images = pipe(args.prompt, negative_prompt=negative, n=args.n, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, sampler=args.sampler, schedule=args.schedule, seeds=seeds,
+                  progress=True)
+    setting = pipe.sampling(args.sampler, args.steps, args.schedule)
+    guidance = pipe.config.get("sampling", {}).get("guidance", 1.0) if args.guidance is None else args.guidance
+    schedule_name = getattr(setting["schedule"], "name", setting["schedule"])
+    title = (f"seeds {seeds[0]}-{seeds[-1]}, {setting['sampler']}, {setting['steps']} steps, {schedule_name}, "
+             f"guidance {guidance:g}" + (f", negative: {negative}" if negative else ""))
+    labels = [p for p in args.prompt for _ in range(args.n)]
+    if args.grid:
+        per_row = args.nrow or (args.n if len(args.prompt) > 1 else max(1, round(math.sqrt(args.n))))
+        rows = [p or "(empty prompt)" for p in args.prompt] if per_row == args.n else None
+        path = save_grid(images, args.grid, nrow=per_row, row_labels=rows, title=title)
+        print(f"grid:   {path}")
+    if args.out_dir:
+        paths = save_images(images, args.out_dir, seeds=seeds, labels=labels)
+        print(f"images: {len(paths)} PNGs in {args.out_dir} ({paths[0].name}, ...)")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ebru.eval import format_report, parse_metrics
     from ebru.pipelines.evaluate import evaluate_model
@@ -206,8 +254,8 @@ def _command(sub: argparse._SubParsersAction, name: str, func: Callable[[argpars
 
 
 SAMPLE_USAGE = ("ebru sample MODEL_DIR (--grid FILE.png | --out-dir DIR | both) [-n N] [--sampler S] [--steps K] "
-                "[--schedule NAME|FILE.json] [--class C] [--guidance W] [--seed S] [--nrow K] [--device DEVICE] "
-                "[trust options]")
+                "[--schedule NAME|FILE.json] [--prompt TEXT [--negative-prompt TEXT] | --class C] [--guidance W] "
+                "[--seed S] [--nrow K] [--device DEVICE] [trust options]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -221,7 +269,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _command(sub, "samplers", _cmd_samplers, "list samplers and step schedules")
 
     q = _command(sub, "quickstart", _cmd_quickstart,
-                 "train a class-conditional Fashion-MNIST model on this CPU (< 10 min); run again to resume")
+                 "train a text-to-image model on this CPU (< 10 min) and draw prompts; run again to resume")
     add_train_flags(q, out_default="ebru-out", resume=False, example="--set time_budget=2")
 
     t = _command(sub, "train", _cmd_train, "train a model from a config file or built-in recipe")
@@ -250,6 +298,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--class", dest="class_", default=None, metavar="C",
                    help="class index or name, or a comma-separated list to cycle through (default: all classes "
                         "in turn)")
+    m.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="text-to-image models: what to draw; repeat for several prompts (-n images each, one grid "
+                        "row per prompt); \"\" draws unconditional samples")
+    m.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="text-to-image models: what to steer away from (replaces the empty prompt in guidance)")
     add_guidance(m)
     add_seed(m, "image")
     add_device(m)

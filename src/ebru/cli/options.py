@@ -136,5 +136,5 @@ def add_guidance(p: argparse.ArgumentParser) -> None:
 def note_guidance(scale: float | None) -> None:
     """Say in one line what a negative guidance scale does (allowed: it is legitimate, but rarely meant)."""
     if scale is not None and scale < 0:
-        print(f"ebru: note: --guidance {scale:g} is negative: it pushes samples away from the class they are asked "
-              "for (0 ignores the class, 1 is plain conditional)", file=sys.stderr)
+        print(f"ebru: note: --guidance {scale:g} is negative: it pushes samples away from the class or prompt they "
+              "are asked for (0 ignores it, 1 is plain conditional)", file=sys.stderr)

@@ -4,10 +4,14 @@
   ``num_classes``, ``class_names``, ``image_shape``, ``content_hash``, ``source``).
 - :class:`FashionMNIST`: the offline Debian copy of Fashion-MNIST.
 - :class:`ImageFolder`: any folder of images, labelled by first-level subfolders.
-- :func:`load_dataset`: one entry point by name or path; :func:`random_hflip`: batched augmentation;
+- :class:`CaptionedImages` (``captions``): images with captions, from a captioned folder
+  (``metadata.jsonl`` or ``.txt`` sidecars); :class:`FashionScenes` (``scenes``): tinted Fashion-MNIST
+  items on a dark canvas with captions generated from each scene's specification.
+- :func:`load_dataset`: one entry point by name or path; :func:`load_captioned`: the same for captioned
+  data; :func:`random_hflip`: batched augmentation;
   :func:`sha256_file` and friends: content hashes.
 
-Depends on torch, numpy, Pillow and tqdm only (nothing else in ebru).
+Depends on torch, numpy, Pillow and tqdm, and on ``ebru.checks`` (the row below).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .captions import CaptionedImages, is_captioned_folder, load_captioned_folder
 from .dataset import ImageDataset
 from .errors import DataMissingError
 from .fashion_mnist import FashionMNIST
@@ -24,10 +29,14 @@ from .transforms import random_hflip
 
 __all__ = [
     "DATASET_NAMES",
+    "CaptionedImages",
     "DataMissingError",
     "FashionMNIST",
     "ImageDataset",
     "ImageFolder",
+    "is_captioned_folder",
+    "load_captioned",
+    "load_captioned_folder",
     "load_dataset",
     "random_hflip",
     "sha256_bytes",
@@ -68,3 +77,30 @@ def load_dataset(spec: str | os.PathLike, **kw) -> ImageDataset:
     if _looks_like_path(spec):
         return ImageFolder(spec, **kw)
     raise ValueError(f"unknown data set {spec!r}: valid names are {', '.join(DATASET_NAMES)}, or a folder path")
+
+
+SCENE_PREFIX = "fashion-scenes"
+
+
+def load_captioned(spec: str | os.PathLike, **kw):
+    """Captioned images by name or folder path (what the ``text2image`` task trains on).
+
+    ``"fashion-scenes"`` or ``"fashion-scenes:<preset>"`` gives :class:`ebru.data.scenes.FashionScenes`
+    (keyword ``image_size`` must be None or the preset's canvas); a folder gives
+    :func:`ebru.data.captions.load_captioned_folder` (keywords ``image_size``, ``channels``).
+    Raises ValueError (one line) for an unknown name or a folder without captions.
+    """
+    from .scenes import load_scenes  # here: scenes read Fashion-MNIST, which load_captioned_folder never needs
+
+    text = os.fspath(spec)
+    if text.strip().lower().split(":")[0] == SCENE_PREFIX:
+        size = kw.pop("image_size", None)
+        data = load_scenes(text.strip())
+        if size is not None and size != data.image_shape[-1]:
+            raise ValueError(f"{text} has {data.image_shape[-1]}x{data.image_shape[-1]} canvases; "
+                             f"image_size={size} is not supported (leave it unset)")
+        return data
+    if isinstance(spec, os.PathLike) or _looks_like_path(text):
+        return load_captioned_folder(text, **kw)
+    raise ValueError(f"unknown captioned data set {text!r}: use '{SCENE_PREFIX}' (or '{SCENE_PREFIX}:quickstart', "
+                     f"'{SCENE_PREFIX}:full') or a folder with metadata.jsonl or .txt caption files")

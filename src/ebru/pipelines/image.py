@@ -58,6 +58,9 @@ class ImagePipeline:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> ImagePipeline:
         config, weights = read_model_dir(model_dir)
+        if config.get("text_encoder"):
+            raise ValueError(f"{model_dir} is a text-to-image model: load it with TextToImagePipeline and give "
+                             "a prompt (ebru sample --prompt \"...\")")
         net = build_net(config["net"])
         try:
             net.load_state_dict(weights, strict=True)

@@ -1,6 +1,8 @@
 """ebru.tasks: one module per kind of training, each a :class:`Task` registered in :data:`TASKS`.
 
 - ``image`` (:class:`ImageTask`): EDM-style denoiser training on images (every image recipe).
+- ``text2image`` (:class:`TextToImageTask`): the same denoiser conditioned on captions through a
+  frozen, verified text encoder (``ebru.encoders``), with caption dropout for guidance.
 - ``text`` (:class:`TextTask`): masked, uniform-noise or block diffusion language models, or the
   autoregressive baseline, on a text corpus.
 
@@ -12,5 +14,6 @@ with ``@TASKS.register("name")``, plus its import below.
 from .base import TASKS, Task, TrainState, code_revision
 from .image import ImageTask
 from .text import TextTask
+from .text2image import TextToImageTask
 
-__all__ = ["TASKS", "ImageTask", "Task", "TextTask", "TrainState", "code_revision"]
+__all__ = ["TASKS", "ImageTask", "Task", "TextTask", "TextToImageTask", "TrainState", "code_revision"]

@@ -193,10 +193,11 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
     """``MODEL_CARD.md`` of an image package: YAML front matter (licence, datasets, pipeline tag) and a summary."""
     t = config["training"]
     classes = config.get("class_names")
-    front = card_front_matter(
-        license_id, t["dataset"],
-        pipeline_tag="class-conditional-image-generation" if classes else "unconditional-image-generation",
-        intended_use="research and education; generating images like the training set")
+    text = config.get("conditioning") == "text"
+    tag = ("text-to-image" if text else
+           "class-conditional-image-generation" if classes else "unconditional-image-generation")
+    front = card_front_matter(license_id, t["dataset"], pipeline_tag=tag,
+                              intended_use="research and education; generating images like the training set")
     lines = [
         "",
         "# ebru image diffusion model",
@@ -207,11 +208,14 @@ def model_card(config: dict[str, Any], license_id: str) -> str:
         f"{'n/a' if t['final_loss'] is None else format(t['final_loss'], '.4f')}. The weights are the EMA.",
         "",
         f"Image shape: {config['image_shape']}. "
-        + (f"Classes: {', '.join(classes)}." if classes else "Unconditional."),
+        + (f"Conditioned on text through {config['text_encoder']['name']} (weights "
+           f"`{config['text_encoder']['digest']}`)." if text else
+           f"Classes: {', '.join(classes)}." if classes else "Unconditional."),
         "",
         f"Dataset content SHA-256: `{t['dataset_hash']}`. Code revision: `{t['code_revision']}`.",
         "",
-        "Sample it with `ebru sample <this directory> -n 16 --grid samples.png`.",
+        ("Sample it with `ebru sample <this directory> --prompt \"...\" -n 16 --grid samples.png`." if text else
+         "Sample it with `ebru sample <this directory> -n 16 --grid samples.png`."),
         "",
     ]
     return front + "\n".join(lines)

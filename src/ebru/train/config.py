@@ -10,7 +10,8 @@ network (see ``ebru.nets``)::
     channels = 32
 
 ``task`` names the kind of training, a task registered in ``ebru.tasks.TASKS``: ``"image"`` (the
-default, so configs written before tasks had names still work) or ``"text"``. ``task = "text"``
+default, so configs written before tasks had names still work), ``"text2image"`` (captioned images and a
+frozen text encoder, set in an ``[encoder]`` table) or ``"text"``. ``task = "text"``
 trains a text model (``data`` is a corpus name or folder, the
 ``[model]`` table sizes an ``ebru.nets.Transformer`` and a ``[text]`` table holds the
 process, tokenizer and context: see ``ebru.text.TextConfig``).
@@ -34,7 +35,7 @@ from ebru.diffusion.defaults import SAMPLING
 from ebru.tasks import TASKS
 from ebru.trust import TrustError, load_signing_key
 
-TABLES = ("model", "text")  # nested tables that --set reaches with "table.key=value"
+TABLES = ("model", "text", "encoder")  # nested tables that --set reaches with "table.key=value"
 
 # The kind of every scalar key, checked by TrainConfig.validate before anything runs.
 _COUNTS = {"steps": 1, "batch_size": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "keep_checkpoints": 0,
@@ -57,6 +58,10 @@ class TrainConfig:
     # network and preconditioning
     model: dict[str, Any] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=dict)  # text task: process, tokenizer, context (ebru.text.TextConfig)
+    # text2image task: the frozen text encoder (an ebru.encoders spec: kind = "minilm" (default) or "hf" with
+    # path and digest, max_length = tokens per prompt) and the prompts of the preview grids
+    encoder: dict[str, Any] = field(default_factory=dict)
+    sample_prompts: list[str] = field(default_factory=list)
     prediction: str = "edm"  # eps | x0 | v | edm
     sigma_data: float = 0.5
     sigma_min: float = SAMPLING.sigma_min
@@ -145,6 +150,9 @@ class TrainConfig:
         TASKS[self.task]  # an unknown task name raises, naming the nearest registered one
         need(isinstance(self.model, dict), "model must be a table of network settings")
         need(isinstance(self.text, dict), "text must be a table of text-model settings")
+        need(isinstance(self.encoder, dict), "encoder must be a table of text-encoder settings (name, max_length)")
+        need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
+             f"sample_prompts must be a list of strings, got {self.sample_prompts!r}")
         need(self.sign_key is None or isinstance(self.sign_key, str),
              f"sign_key must be the path of a private key file (.key), got {self.sign_key!r}")
         if self.sign_key and os.environ.get("RANK", "0") == "0":  # only the main process exports and signs
@@ -165,8 +173,9 @@ def parse_value(text: str) -> Any:
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings; ``model.key=value`` sets a network setting, ``text.key=value`` a text one."""
     d = {**d, "model": dict(d.get("model", {}))}
-    if "text" in d:
-        d["text"] = dict(d["text"])
+    for table in TABLES[1:]:
+        if table in d and isinstance(d[table], dict):
+            d[table] = dict(d[table])
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")

@@ -1,0 +1,124 @@
+"""Text to image: ``TextToImagePipeline.from_pretrained(dir)(prompt, negative_prompt=None, n=1, ...)``.
+
+The call follows diffusers' ``StableDiffusionPipeline`` habits (``prompt``, ``negative_prompt``,
+``num_inference_steps``, ``guidance_scale``) on ebru's samplers, with per-sample seeds: image ``i``
+with seed ``s`` is the same whatever else is in the batch. Classifier-free guidance (Ho & Salimans
+2022) subtracts the encoding of the negative prompt, or of the empty prompt when there is none: the
+null condition the model was trained on through caption dropout.
+
+The text encoder is the one recorded in the package's ``config.json``; it is rebuilt through
+:func:`ebru.encoders.load_encoder`, which refuses weights whose SHA-256 differs from the recorded digest.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ebru.checks import positive_int
+from ebru.diffusion import Precond, sample
+from ebru.encoders import TextEncoder, load_encoder
+from ebru.nets import build_net
+from ebru.tasks.text2image import text_condition
+
+from .image import ImagePipeline, read_model_dir
+
+
+def prompt_list(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:
+    """``prompt`` as a non-empty list of strings; raises ValueError (one line) for anything else."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{what} must be a string or a non-empty list of strings, got {prompt!r}")
+    return list(prompts)
+
+
+class TextToImagePipeline(ImagePipeline):
+    """A trained text-conditional image denoiser, its verified text encoder and its sampling defaults.
+
+    Attributes:
+        encoder: the :class:`ebru.encoders.TextEncoder` the model was trained with.
+        config: the package's ``config.json`` (``text_encoder``, ``sampling``, ``sample_prompts``, ...).
+    """
+
+    def __init__(self, denoiser: Precond, config: dict[str, Any], device: torch.device, encoder: TextEncoder):
+        super().__init__(denoiser, config, device)
+        self.encoder = encoder
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
+                        **load_options: Any) -> TextToImagePipeline:
+        """Verify and load a text-to-image package (``ebru.load``), then its text encoder (digest checked).
+
+        ``load_options`` go to ``ebru.load`` (``policy``, ``trusted_keys``, ``allow_unsigned``, ...).
+        Raises ValueError for a package that is not text-conditional (use :class:`ImagePipeline`) and
+        ``ebru.encoders.EncoderError`` for a missing encoder package or changed encoder weights.
+        """
+        config, weights = read_model_dir(model_dir, **load_options)
+        if not config.get("text_encoder"):
+            kind = "class-conditional" if config.get("num_classes") else "unconditional"
+            raise ValueError(f"{model_dir} is a {kind} image model, not a text-to-image one: sample it without "
+                             "a prompt (ImagePipeline, or ebru sample with --class)")
+        encoder = load_encoder(config["text_encoder"])
+        net = build_net(config["net"])
+        try:
+            net.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{model_dir}: weights do not match config.json ({str(e).splitlines()[0]})") from None
+        dev = torch.device(device)
+        p = config.get("precond", {})
+        denoiser = Precond(net.to(dev).eval(), p.get("prediction", "edm"), p.get("sigma_data"))
+        return cls(denoiser, config, dev, encoder)
+
+    def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
+                 n: int = 1, *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, schedule: str | Callable | None = None,
+                 seeds: Sequence[int] | int = 0, guidance_interval: tuple[float, float] | None = None,
+                 progress: bool = False, callback: Callable[[dict], None] | None = None,
+                 class_labels: Any = None) -> Tensor:
+        """Generate ``n`` images per prompt: (len(prompts) * n, C, H, W) in [-1, 1] up to the model's error.
+
+        Args:
+            prompt: one prompt or a list; images come prompt by prompt, ``n`` each. The empty prompt
+                draws unconditional samples (said once, as a warning). Prompts longer than the encoder's
+                ``max_length`` tokens are truncated with a warning that says how many tokens were dropped.
+            negative_prompt: one for all prompts, or one per prompt; replaces the empty prompt in the
+                unconditional branch of guidance.
+            n: images per prompt (>= 1).
+            num_inference_steps, sampler, schedule: as ``ImagePipeline``; default the model's own.
+            guidance_scale: classifier-free guidance scale (default the model's; 1 = no guidance).
+            seeds: one per image, or the first seed (then ``seed, seed+1, ...``).
+            guidance_interval: ``(sigma_lo, sigma_hi)``: guide only for sigma in (lo, hi] (Kynkaanniemi et al. 2024).
+            progress, callback: a progress bar; a per-step callback (see ``ebru.diffusion.sample``).
+
+        Raises ValueError (one line) for a bad argument, before any sampling.
+        """
+        if class_labels is not None:
+            raise ValueError("this is a text-to-image model: give a prompt, not a class")
+        prompts = prompt_list(prompt)
+        n = positive_int("n (images per prompt)", n)
+        negatives = [""] * len(prompts) if negative_prompt is None else prompt_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts (give one, or one each)")
+        if any(not p.strip() for p in prompts):
+            warnings.warn("empty prompt: those images are unconditional samples (the model's null condition)",
+                          UserWarning, stacklevel=2)
+        texts = list(dict.fromkeys([*prompts, *negatives]))  # each distinct text encoded once, in one call
+        enc = self.encoder.encode(texts).to(self.device)
+        rows = torch.tensor([texts.index(p) for p in prompts], device=self.device).repeat_interleave(n)
+        neg_rows = torch.tensor([texts.index(p) for p in negatives], device=self.device).repeat_interleave(n)
+        s = self.config.get("sampling", {})
+        guidance = s.get("guidance", 1.0) if guidance_scale is None else guidance_scale
+        setting = self.sampling(sampler, num_inference_steps, schedule)
+        return sample(
+            self.denoiser, (len(rows), *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
+            schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"],
+            seeds=seeds, device=self.device, guidance_scale=guidance, uncond=text_condition(enc[neg_rows]),
+            guidance_interval=guidance_interval, progress=progress, callback=callback,
+            **text_condition(enc[rows]))
