@@ -120,3 +120,19 @@ def test_damaged_cache_is_rebuilt_with_a_warning(minilm, tmp_path, damage):
 def test_no_captions(minilm, tmp_path):
     assert len(encode_captions(minilm, [])) == 0
     assert len(encode_captions(minilm, [], cache_dir=tmp_path)) == 0
+
+
+def test_half_precision_states_are_stored_apart_and_agree_exactly_cached_or_fresh(minilm, tmp_path):
+    fresh = encode_captions(minilm, CAPTIONS, states_dtype="float16")
+    assert fresh.states.dtype == torch.float16 and fresh.pooled.dtype == torch.float32
+    full = minilm.encode(UNIQUE)
+    assert torch.equal(fresh.states, full.states.half()) and torch.equal(fresh.pooled, full.pooled)
+    encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)  # a float32 cache beside it is a different file
+    first = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path, states_dtype="float16")
+    assert (tmp_path / f"text-{cache_key(minilm)}-float16.json").is_file()
+    cached = encode_captions(Counting(minilm, fail=True), CAPTIONS, cache_dir=tmp_path, states_dtype="float16")
+    for enc in (first, cached):
+        assert torch.equal(enc.states, fresh.states) and torch.equal(enc.mask, fresh.mask)
+        assert torch.equal(enc.pooled, fresh.pooled)
+    with pytest.raises(EncoderError, match="states_dtype must be one of float32, float16, bfloat16"):
+        encode_captions(minilm, CAPTIONS, states_dtype="int8")

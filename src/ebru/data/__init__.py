@@ -19,25 +19,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import scenes
 from .captions import CaptionedImages, is_captioned_folder, load_captioned_folder
 from .dataset import ImageDataset
 from .errors import DataMissingError
 from .fashion_mnist import FashionMNIST
 from .folder import ImageFolder
 from .hashing import sha256_bytes, sha256_file, sha256_files
+from .scenes import COLOURS, FashionScenes, Item, Scene, ScenePrompt, eval_prompts, load_scenes
 from .transforms import random_hflip
 
 __all__ = [
+    "COLOURS",
     "DATASET_NAMES",
     "CaptionedImages",
     "DataMissingError",
     "FashionMNIST",
+    "FashionScenes",
     "ImageDataset",
     "ImageFolder",
+    "Item",
+    "Scene",
+    "ScenePrompt",
+    "eval_prompts",
     "is_captioned_folder",
     "load_captioned",
     "load_captioned_folder",
     "load_dataset",
+    "load_scenes",
     "random_hflip",
     "sha256_bytes",
     "sha256_file",
@@ -79,28 +88,24 @@ def load_dataset(spec: str | os.PathLike, **kw) -> ImageDataset:
     raise ValueError(f"unknown data set {spec!r}: valid names are {', '.join(DATASET_NAMES)}, or a folder path")
 
 
-SCENE_PREFIX = "fashion-scenes"
-
-
 def load_captioned(spec: str | os.PathLike, **kw):
     """Captioned images by name or folder path (what the ``text2image`` task trains on).
 
     ``"fashion-scenes"`` or ``"fashion-scenes:<preset>"`` gives :class:`ebru.data.scenes.FashionScenes`
     (keyword ``image_size`` must be None or the preset's canvas); a folder gives
     :func:`ebru.data.captions.load_captioned_folder` (keywords ``image_size``, ``channels``).
-    Raises ValueError (one line) for an unknown name or a folder without captions.
+    Raises ValueError (one line) for an unknown name or a folder without captions, and
+    ``DataMissingError`` when the scenes' Fashion-MNIST is not installed.
     """
-    from .scenes import load_scenes  # here: scenes read Fashion-MNIST, which load_captioned_folder never needs
-
     text = os.fspath(spec)
-    if text.strip().lower().split(":")[0] == SCENE_PREFIX:
+    if scenes.is_scene_spec(text):
         size = kw.pop("image_size", None)
-        data = load_scenes(text.strip())
+        data = load_scenes(text)
         if size is not None and size != data.image_shape[-1]:
             raise ValueError(f"{text} has {data.image_shape[-1]}x{data.image_shape[-1]} canvases; "
                              f"image_size={size} is not supported (leave it unset)")
         return data
     if isinstance(spec, os.PathLike) or _looks_like_path(text):
         return load_captioned_folder(text, **kw)
-    raise ValueError(f"unknown captioned data set {text!r}: use '{SCENE_PREFIX}' (or '{SCENE_PREFIX}:quickstart', "
-                     f"'{SCENE_PREFIX}:full') or a folder with metadata.jsonl or .txt caption files")
+    raise ValueError(f"unknown captioned data set {text!r}: use 'fashion-scenes' (or 'fashion-scenes:quickstart', "
+                     "'fashion-scenes:full') or a folder with metadata.jsonl or .txt caption files")

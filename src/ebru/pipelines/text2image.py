@@ -105,7 +105,8 @@ class TextToImagePipeline(ImagePipeline):
         if len(negatives) == 1:
             negatives = negatives * len(prompts)
         if len(negatives) != len(prompts):
-            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts (give one, or one each)")
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts "
+                             "(give one, or one per prompt)")
         if any(not p.strip() for p in prompts):
             warnings.warn("empty prompt: those images are unconditional samples (the model's null condition)",
                           UserWarning, stacklevel=2)

@@ -88,7 +88,7 @@ class TextToImageTask(ImageTask):
                 warnings.simplefilter("ignore", UserWarning)
                 data = load_captioned(cfg.data, image_size=cfg.image_size)
             if is_main and getattr(data, "report", None):
-                print(f"data: {data.report}", flush=True)
+                print(data.report, flush=True)  # "data: N images, M captions; ..."
         if not hasattr(data, "caption_table"):
             raise ValueError(f"task 'text2image' needs captioned images; {cfg.data!r} has no captions "
                              "(a folder with metadata.jsonl or .txt caption files, or 'fashion-scenes')")
@@ -98,7 +98,9 @@ class TextToImageTask(ImageTask):
         self.encoder = training_encoder(cfg.encoder)
         captions, table, counts = data.caption_table()
         # row 0 is the empty prompt: the null condition that caption dropout trains
-        enc = encode_captions(self.encoder, ["", *captions], cache_dir=encoding_cache_dir(), progress=is_main)
+        # token states kept as float16 (the network reads them as float32): half the memory of large caption sets
+        enc = encode_captions(self.encoder, ["", *captions], cache_dir=encoding_cache_dir(), progress=is_main,
+                              states_dtype="float16")
         self.encodings = enc.to(device)
         self.caption_table = table + 1  # (N, K) rows of self.encodings (padding -1 -> 0, never drawn)
         self.caption_counts = counts  # (N,) captions per image
