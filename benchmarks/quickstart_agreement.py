@@ -1,6 +1,6 @@
-"""The quickstart, end to end, and the class agreement of its samples.
+"""The class-conditional quickstart (recipe ``quickstart``), end to end, and the class agreement of its samples.
 
-Runs ``ebru quickstart`` into a fresh directory (timed), then samples 300 images
+Runs it (``run_class_quickstart``) into a fresh directory (timed), then samples 300 images
 (30 per class, seeds 0-299) at several guidance scales and reports the share that
 ebru's Fashion-MNIST feature network assigns to the requested class.
 
@@ -18,7 +18,7 @@ import torch
 from common import write_result
 from ebru.eval import class_agreement, load_feature_net
 from ebru.pipelines.image import ImagePipeline
-from ebru.pipelines.quickstart import run_quickstart
+from ebru.pipelines.quickstart import run_class_quickstart
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.time()
-    r = run_quickstart(args.out, progress=False)
+    r = run_class_quickstart(args.out, progress=False)
     wall = time.time() - t0
     pipe, net = ImagePipeline.from_pretrained(r["model"]), load_feature_net()
     labels = torch.arange(args.n) % 10

@@ -161,3 +161,23 @@ def test_cli_prompt_on_a_class_model_is_refused(tmp_path, capsys):
     assert main(["sample", str(model), "--prompt", "a red square", "--grid", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert "--prompt needs a text-to-image model" in err and "class-conditional" in err
+
+
+def test_guidance_interval_guides_only_inside_it(trained, tmp_path, capsys):
+    _, model = trained
+    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True)
+    call = {"seeds": [3], "num_inference_steps": 3}
+    guided = pipe("a red square", guidance_scale=4.0, **call)
+    plain = pipe("a red square", guidance_scale=1.0, **call)
+    assert (guided - plain).abs().amax() > 1e-6
+    # an interval holding every sigma of the schedule is plain guidance; one holding none is no guidance
+    torch.testing.assert_close(pipe("a red square", guidance_scale=4.0, guidance_interval=(0.0, 1e3), **call),
+                               guided, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pipe("a red square", guidance_scale=4.0, guidance_interval=(0.0, 1e-4), **call),
+                               plain, rtol=0, atol=1e-6)
+    grid = tmp_path / "g.png"
+    assert main(["sample", str(model), "--prompt", "a", "--steps", "2", "-n", "1", "--grid", str(grid),
+                 "--guidance-interval", "0.3,5"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(model), "--prompt", "a", "--grid", str(grid), "--guidance-interval", "5,0.3"]) == 2
+    assert "expected LO < HI" in capsys.readouterr().err

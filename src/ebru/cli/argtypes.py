@@ -75,6 +75,17 @@ def nonnegative_float(text: str) -> float:
     return _number(text, minimum=0.0)
 
 
+def sigma_interval(text: str) -> tuple[float, float]:
+    """``LO,HI``: two finite noise levels with 0 <= LO < HI (a guidance interval in sigma)."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two noise levels, e.g. 0.3,5), got {text!r}")
+    lo, hi = (nonnegative_float(p.strip()) for p in parts)
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
+    return lo, hi
+
+
 def probability(text: str) -> float:
     """A number in (0, 1] (nucleus mass)."""
     return _number(text, positive=True, maximum=1.0)

@@ -29,6 +29,7 @@ from .options import (
 )
 
 # The built-in recipes, read from the package's data folder (not from ebru.train: `ebru --help` stays fast).
+DEFAULT_EVAL_METRICS = "fid,kid,precision,recall,agreement"
 RECIPES = ", ".join(sorted(p.name.removesuffix(".toml") for p in files("ebru").joinpath("recipes").iterdir()
                            if p.name.endswith(".toml")))
 
@@ -162,7 +163,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     print(f"model:  {model.path} ({describe_origin(model)})")
     seeds = list(range(args.seed, args.seed + args.n))
     images = pipe(args.n, class_labels=labels, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  sampler=args.sampler, schedule=args.schedule, seeds=seeds, progress=True)
+                  sampler=args.sampler, schedule=args.schedule, seeds=seeds, progress=True,
+                  guidance_interval=args.guidance_interval)
     setting = pipe.sampling(args.sampler, args.steps, args.schedule)
     schedule_name = getattr(setting["schedule"], "name", setting["schedule"])
     title = f"seeds {seeds[0]}-{seeds[-1]}, {setting['sampler']}, {setting['steps']} steps, {schedule_name}"
@@ -205,7 +207,7 @@ def _sample_text(args: argparse.Namespace, model: Any) -> int:
     seeds = list(range(args.seed, args.seed + args.n * len(args.prompt)))
     images = pipe(args.prompt, negative_prompt=negative, n=args.n, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, sampler=args.sampler, schedule=args.schedule, seeds=seeds,
-                  progress=True)
+                  guidance_interval=args.guidance_interval, progress=True)
     setting = pipe.sampling(args.sampler, args.steps, args.schedule)
     guidance = pipe.config.get("sampling", {}).get("guidance", 1.0) if args.guidance is None else args.guidance
     schedule_name = getattr(setting["schedule"], "name", setting["schedule"])
@@ -228,17 +230,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ebru.pipelines.evaluate import evaluate_model
     from ebru.pipelines.image import ImagePipeline
 
-    metrics = parse_metrics(args.metrics)
     model = load_model(args)
+    if model.config.get("text_encoder"):
+        return _eval_text(args, model)
+    metrics = parse_metrics(args.metrics or DEFAULT_EVAL_METRICS)
+    if args.negative_prompt is not None:
+        raise ValueError("--negative-prompt is for text-to-image models; drop it")
     pipe = ImagePipeline.from_pretrained(model)
     if args.guidance is not None and not pipe.num_classes:
         raise ValueError("--guidance steers towards a class, and this model has no classes; drop --guidance")
     note_guidance(args.guidance)
     pipe.name = args.model_dir
-    report = evaluate_model(pipe, metrics=metrics, n=args.n, sampler=args.sampler, steps=args.steps,
+    report = evaluate_model(pipe, metrics=metrics, n=2000 if args.n is None else args.n, sampler=args.sampler,
+                            steps=args.steps,
                             guidance=args.guidance, seed=args.seed, batch=args.batch, reference=args.reference,
                             nll_images=args.nll_images, progress=True)
     print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"\njson: {args.json}")
+    return 0
+
+
+def _eval_text(args: argparse.Namespace, model: Any) -> int:
+    """``ebru eval`` for a text-to-image model: prompt agreement on its Fashion scenes' evaluation prompts."""
+    from ebru.eval.prompt_agreement import format_agreement
+    from ebru.pipelines.evaluate import evaluate_text_to_image
+    from ebru.pipelines.text2image import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_pretrained(model)
+    note_guidance(args.guidance)
+    pipe.name = args.model_dir
+    n = 100 if args.n is None else args.n
+    report = evaluate_text_to_image(pipe, metrics=args.metrics or "prompt_agreement", n=n, sampler=args.sampler,
+                                    steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
+                                    seed=args.seed, batch=args.batch, progress=True)
+    s = report["sampling"]
+    print(f"samples: {report['prompts']} prompts of the {report['scenes']} Fashion scenes ({n} per task; seeds "
+          f"{s['seeds'][0]}..{s['seeds'][1]}), sampler {s['sampler']} x {s['steps']} steps, guidance {s['guidance']:g}"
+          + (f", negative prompt {s['negative_prompt']!r}" if s["negative_prompt"] else ""))
+    print("judges: item class by ebru's Fashion-MNIST feature network, colour by hue, position by centroid, "
+          "count by connected components\n")
+    print(format_agreement(report["prompt_agreement"]))
     if args.json:
         write_json(args.json, report)
         print(f"\njson: {args.json}")
@@ -255,7 +288,7 @@ def _command(sub: argparse._SubParsersAction, name: str, func: Callable[[argpars
 
 SAMPLE_USAGE = ("ebru sample MODEL_DIR (--grid FILE.png | --out-dir DIR | both) [-n N] [--sampler S] [--steps K] "
                 "[--schedule NAME|FILE.json] [--prompt TEXT [--negative-prompt TEXT] | --class C] [--guidance W] "
-                "[--seed S] [--nrow K] [--device DEVICE] [trust options]")
+                "[--guidance-interval LO,HI] [--seed S] [--nrow K] [--device DEVICE] [trust options]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -304,16 +337,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="text-to-image models: what to steer away from (replaces the empty prompt in guidance)")
     add_guidance(m)
+    m.add_argument("--guidance-interval", type=argtypes.sigma_interval, default=None, metavar="LO,HI",
+                   help="guide only where the noise level sigma is in (LO, HI] (Kynkaanniemi et al. 2024); "
+                        "elsewhere the plain conditional model")
     add_seed(m, "image")
     add_device(m)
     add_trust_flags(m)
 
-    e = _command(sub, "eval", _cmd_eval, "score a model: FID, KID, precision/recall, class agreement, NLL")
+    e = _command(sub, "eval", _cmd_eval,
+                 "score a model: FID, KID, precision/recall, class agreement, NLL; prompt agreement for text models")
     e.add_argument("model_dir", metavar="MODEL_DIR")
-    e.add_argument("--metrics", default="fid,kid,precision,recall,agreement",
-                   help="comma-separated: fid,kid,precision,recall,agreement,nll,nll_bound (default: all but the nlls)")
-    e.add_argument("-n", type=argtypes.positive_int, default=2000, metavar="N",
-                   help="samples to generate (default 2000)")
+    e.add_argument("--metrics", default=None,
+                   help="comma-separated: fid,kid,precision,recall,agreement,nll,nll_bound (default: all but the "
+                        "nlls); a text-to-image model: prompt_agreement (its default)")
+    e.add_argument("-n", type=argtypes.positive_int, default=None, metavar="N",
+                   help="samples to generate (default 2000); a text-to-image model: prompts per task (default 100)")
+    e.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="text-to-image models: a negative prompt for every sample")
     e.add_argument("--sampler", type=argtypes.sampler, default=None, help="sampler (default: the model's)")
     e.add_argument("--steps", type=argtypes.positive_int, default=None, metavar="K",
                    help="sampling steps (default: the model's)")

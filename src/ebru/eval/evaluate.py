@@ -30,9 +30,10 @@ from .likelihood import bits_per_dim, dequantize, ode_log_likelihood, variationa
 from .precision_recall import precision_recall
 from .reference import ReferenceSet, reference_set
 
-METRICS = ("fid", "kid", "precision", "recall", "agreement", "nll", "nll_bound")
+METRICS = ("fid", "kid", "precision", "recall", "agreement", "prompt_agreement", "nll", "nll_bound")
 DATA_METRICS = ("nll", "nll_bound")  # measured on real data, not on samples
 DEFAULT_METRICS = ("fid", "kid", "precision", "recall", "agreement")
+TEXT_METRICS = ("prompt_agreement",)  # text-to-image models (ebru.eval.prompt_agreement)
 _FLOOR_SPLITS = {"fashion-mnist:test": "fashion-mnist:train", "fashion-mnist": "fashion-mnist:test"}
 
 

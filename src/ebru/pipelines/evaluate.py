@@ -23,6 +23,7 @@ from ebru.data import load_dataset
 from ebru.eval.evaluate import (
     DATA_METRICS,
     DEFAULT_METRICS,
+    TEXT_METRICS,
     bound_on_data,
     check_image_shape,
     check_sample_count,
@@ -35,6 +36,7 @@ from ebru.eval.evaluate import (
 from ebru.eval.reference import ReferenceSet
 
 from .image import ImagePipeline
+from .text2image import TextToImagePipeline
 
 
 def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: int = 2000,
@@ -50,6 +52,9 @@ def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: i
     class-conditional model).
     """
     metrics = parse_metrics(metrics)
+    if "prompt_agreement" in metrics:
+        raise ValueError("prompt_agreement scores text-to-image models (evaluate_text_to_image); this is an image "
+                         "model: drop it from --metrics")
     pipe = model if isinstance(model, ImagePipeline) else ImagePipeline.from_pretrained(model)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"-n must be an integer >= 1, got {n!r}")
@@ -99,3 +104,57 @@ def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: i
             report["nll"]["bound"] = (f"variational bound of the {r['levels']}-level chain geometric in sigma from "
                                       f"{lo:g} to {hi:g}, all terms, discretised Gaussian decoder (8-bit data)")
     return report
+
+
+def scene_preset(pipe: TextToImagePipeline) -> str:
+    """The Fashion scenes preset a text-to-image model was trained on; ValueError for any other data."""
+    from ebru.data.scenes import PRESETS, is_scene_spec
+
+    data = pipe.config.get("training", {}).get("config", {}).get("data")
+    if not is_scene_spec(data):
+        raise ValueError(f"prompt_agreement judges Fashion scenes, and this model was trained on {data!r}: its judges "
+                         "know only the closed world of 'fashion-scenes' (item class, colour, position, count)")
+    preset = data.partition(":")[2].strip().lower() or "quickstart"
+    return preset if preset in PRESETS else "quickstart"
+
+
+def evaluate_text_to_image(model: Any, *, metrics: Sequence[str] = TEXT_METRICS, n: int = 200,
+                           sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                           negative_prompt: str | None = None, seed: int = 0, batch: int = 250,
+                           progress: bool = False) -> dict[str, Any]:
+    """Sample a text-to-image model on its scenes' evaluation prompts and judge the samples (GenEval-shaped).
+
+    ``n`` prompts per task (half in training phrasings, half in held-out ones, the same scenes; see
+    :func:`ebru.data.scenes.eval_prompts`), one image each, seeds ``seed, seed + 1, ...`` in prompt order.
+    Returns the report ``ebru eval`` prints: per task the accuracy on seen and held-out phrasings
+    (:func:`ebru.eval.prompt_agreement.judge`), the overall score and the mean colour saturation.
+    Raises ValueError for metrics other than ``prompt_agreement`` or a model not trained on Fashion scenes.
+    """
+    from ebru.data.scenes import eval_prompts
+    from ebru.eval.prompt_agreement import judge
+
+    metrics = parse_metrics(metrics)
+    other = [m for m in metrics if m not in TEXT_METRICS]
+    if other:
+        raise ValueError(f"{', '.join(other)} score(s) image models against Fashion-MNIST; a text-to-image model is "
+                         f"scored with --metrics {','.join(TEXT_METRICS)}")
+    pipe = model if isinstance(model, TextToImagePipeline) else TextToImagePipeline.from_pretrained(model)
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"-n (prompts per task) must be an integer >= 2, got {n!r}")
+    preset = scene_preset(pipe)
+    prompts = eval_prompts(preset, n, seed=seed)
+    s = pipe.sampling(sampler, steps)
+    setting = {"sampler": s["sampler"], "steps": s["steps"],
+               "guidance": s.get("guidance", 1.0) if guidance is None else guidance, "schedule": s["schedule"],
+               "negative_prompt": negative_prompt, "seeds": [seed, seed + len(prompts) - 1]}
+    chunks = []
+    for i in tqdm(range(0, len(prompts), batch), desc="sampling", disable=not progress):
+        part = prompts[i:i + batch]
+        chunks.append(pipe([p.prompt for p in part], negative_prompt=negative_prompt,
+                           num_inference_steps=setting["steps"], guidance_scale=setting["guidance"],
+                           sampler=setting["sampler"], seeds=list(range(seed + i, seed + i + len(part)))))
+    images = torch.cat(chunks)
+    report = judge(images, prompts)
+    per_sample = report.pop("per_sample")
+    return {"model": str(getattr(model, "name", model)), "sampling": setting, "scenes": preset,
+            "prompts": len(prompts), "prompt_agreement": report, "passed": sum(per_sample)}

@@ -101,12 +101,15 @@ class ImagePipeline:
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, schedule: str | Callable | None = None,
                  seeds: Sequence[int] | int = 0, progress: bool = False,
-                 callback: Callable[[dict], None] | None = None) -> Tensor:
+                 callback: Callable[[dict], None] | None = None,
+                 guidance_interval: tuple[float, float] | None = None) -> Tensor:
         """Generate ``n`` images (B, C, H, W), in [-1, 1] up to the model's error (not clipped; ``save_images``
         and ``save_grid`` clip when they write).
 
         ``class_labels``: one class (index or name) for all, or one per image; for a
         class-conditional model without labels, classes cycle 0, 1, 2, ...
+        ``guidance_interval``: ``(sigma_lo, sigma_hi)``: guide only for sigma in (lo, hi] (Kynkaanniemi
+        et al. 2024); refused for a model without classes (there is nothing to guide).
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"number of images must be an integer >= 1, got {n!r}")
@@ -126,12 +129,15 @@ class ImagePipeline:
             guidance = s.get("guidance", 1.0) if guidance_scale is None else guidance_scale
         elif class_labels is not None:
             raise ValueError("this model is not class-conditional; drop --class")
+        if guidance_interval is not None and guidance is None:
+            raise ValueError("a guidance interval needs a conditional model (this one has no classes); drop it")
         setting = self.sampling(sampler, num_inference_steps, schedule)
         return sample(
             self.denoiser, (n, *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"], seeds=seeds,
             device=self.device, guidance_scale=guidance,
             uncond={"class_labels": torch.full((1,), -1, device=self.device)} if guidance is not None else None,
+            guidance_interval=guidance_interval,
             progress=progress, callback=callback, **cond)
 
 

@@ -1,10 +1,14 @@
-"""``ebru quickstart``: train a class-conditional Fashion-MNIST model on a CPU, then show it working.
+"""``ebru quickstart``: train a text-to-image model on a CPU, then show it drawing prompts.
 
-Writes into ``out``: ``model/`` (the model directory), ``samples.png`` (a labelled
-grid, one row per class, with classifier-free guidance), ``forward.png`` (one
-image noised step by step), ``reverse.png`` (one sample denoised step by step),
-plus the run's ``log.csv``, ``checkpoints/`` and training-time ``samples/``.
-Running it again resumes an unfinished run, or only redraws the pictures.
+Trains the ``text2image_quickstart`` recipe (coloured Fashion-MNIST items on a 32x32 canvas, captions
+read by the frozen MiniLM encoder) and writes into ``out``: ``model/`` (the model directory),
+``samples.png`` (one row per prompt, some in phrasings the model never saw in training), ``forward.png``
+(one image noised step by step), ``reverse.png`` (one prompt denoised step by step), plus the run's
+``log.csv``, ``checkpoints/`` and training-time ``samples/``. It then measures its own prompt
+agreement: the share of samples whose item class and colour ebru's judges find as asked, on seen and
+held-out phrasings. Running it again resumes an unfinished run, or only redraws the pictures.
+
+``run_class_quickstart`` is the earlier class-conditional quickstart (recipe ``quickstart``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def _display_scale(sigmas: torch.Tensor) -> torch.Tensor:
     return (1 / (1 + (sigmas.float() / 0.5) ** 2).sqrt()).view(-1, 1, 1, 1)
 
 
-def _draw_reverse(pipe: ImagePipeline, label: int, path: Path, steps: int = 12) -> Path:
+def _draw_reverse(pipe: Any, path: Path, steps: int = 12, **call: Any) -> Path:
+    """One sample's denoising, step by step: the noisy x (scaled) above the denoiser's estimate."""
     xs: list[torch.Tensor] = []
     ds: list[torch.Tensor] = []
     sig: list[float] = []
@@ -48,12 +53,12 @@ def _draw_reverse(pipe: ImagePipeline, label: int, path: Path, steps: int = 12) 
         ds.append(info["denoised"][0].cpu())
         sig.append(float(info["sigma_next"]))
 
-    pipe(1, class_labels=label, num_inference_steps=steps, seeds=[7], callback=keep)
+    what = call.pop("what")
+    pipe(num_inference_steps=steps, seeds=[7], callback=keep, **call)
     noisy = torch.stack(xs) * _display_scale(torch.tensor(sig))
     frames = torch.cat([noisy, torch.stack(ds)])
-    name = (pipe.class_names or [str(label)])[label]
     return save_grid(frames, path, nrow=len(xs), row_labels=["x (scaled)", "denoised"],
-                     title=f"reverse: one '{name}' sample, {steps} dpmpp_2m steps")
+                     title=f"reverse: one {what} sample, {steps} dpmpp_2m steps")
 
 
 def check_loadable_once_trained(cfg: TrainConfig, command: str = "ebru quickstart") -> None:
@@ -78,14 +83,61 @@ def check_loadable_once_trained(cfg: TrainConfig, command: str = "ebru quickstar
                          f"this command trains would be refused when it loads it afterwards: {fix}")
 
 
-def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    out = Path(out)
-    cfg = load_config("quickstart", overrides)
+# The quickstart grid: the first four phrasings are training ones (ebru.data.scenes' train templates and
+# synonyms); the last four use templates and synonyms that no training caption contains.
+GRID_PROMPTS = ("a red sneaker", "a photo of a blue dress", "a yellow bag", "green trousers",
+                "a snapshot of a cherry red athletic shoe", "an image showing one pure white bootie",
+                "here is a royal blue summer dress", "a shoulder bag that is aquamarine")
+
+
+def _train(recipe: str, out: Path, overrides: list[str] | None, progress: bool) -> Trainer:
+    cfg = load_config(recipe, overrides)
     check_loadable_once_trained(cfg)
     resume = bool(list_checkpoints(out / "checkpoints"))
     trainer = Trainer(cfg, out, resume=resume, progress=progress)
     trainer.fit()  # returns at once when a resumed run has already spent its steps or time
+    return trainer
+
+
+def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None, progress: bool = True,
+                   agreement_prompts: int = 50) -> dict[str, Any]:
+    """Train the text-to-image quickstart into ``out``, draw its pictures and measure its prompt agreement.
+
+    ``agreement_prompts``: prompts per task and phrasing (seen / held-out) for the agreement figure
+    (0 skips it). Returns the paths written, the training record and the judges' report.
+    """
+    from ebru.data.scenes import eval_prompts
+    from ebru.eval.prompt_agreement import judge
+
+    from .text2image import TextToImagePipeline
+
+    out = Path(out)
+    trainer = _train("text2image_quickstart", out, overrides, progress)
+    pipe = TextToImagePipeline.from_pretrained(out / "model")
+    per = 8
+    images = pipe(list(GRID_PROMPTS), n=per, seeds=range(per * len(GRID_PROMPTS)), progress=progress)
+    sampling = pipe.config["sampling"]
+    grid = save_grid(images, out / "samples.png", nrow=per, row_labels=list(GRID_PROMPTS),
+                     title=f"ebru quickstart: guidance {sampling['guidance']:g}, {sampling['steps']} dpmpp_2m steps "
+                           "(the last four phrasings were never seen in training)")
+    report = None
+    if agreement_prompts:
+        prompts = eval_prompts("quickstart", agreement_prompts * 2, seed=1)
+        shots = pipe([p.prompt for p in prompts], seeds=range(len(prompts)), progress=progress)
+        report = judge(shots, prompts)
+    forward = _draw_forward(pipe, trainer.task.images[0].cpu(), out / "forward.png")
+    reverse = _draw_reverse(pipe, out / "reverse.png", prompt=GRID_PROMPTS[0], what=f"'{GRID_PROMPTS[0]}'")
+    t = pipe.config["training"]
+    return {"model": out / "model", "samples": grid, "forward": forward, "reverse": reverse,
+            "log": out / "log.csv", "steps": t["steps"], "minutes": t["minutes"], "final_loss": t["final_loss"],
+            "images": images, "prompts": list(GRID_PROMPTS), "agreement": report}
+
+
+def run_class_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None,
+                         progress: bool = True) -> dict[str, Any]:
+    """The class-conditional quickstart (recipe ``quickstart``): one labelled row per Fashion-MNIST class."""
+    out = Path(out)
+    trainer = _train("quickstart", out, overrides, progress)
     pipe = ImagePipeline.from_pretrained(out / "model")
     k = pipe.num_classes or 1
     per = 10
@@ -98,7 +150,8 @@ def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = N
     with contextlib.suppress(FileNotFoundError, ValueError):  # no feature network for this data: no figure
         agreement = class_agreement(load_feature_net(), images, torch.tensor(labels))
     forward = _draw_forward(pipe, trainer.task.images[0].cpu(), out / "forward.png")
-    reverse = _draw_reverse(pipe, 0, out / "reverse.png")
+    name = (pipe.class_names or ["0"])[0]
+    reverse = _draw_reverse(pipe, out / "reverse.png", n=1, class_labels=0, what=f"'{name}'")
     t = pipe.config["training"]
     return {"model": out / "model", "samples": grid, "forward": forward, "reverse": reverse,
             "log": out / "log.csv", "steps": t["steps"], "minutes": t["minutes"], "final_loss": t["final_loss"],
