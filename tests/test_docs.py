@@ -1,9 +1,11 @@
 """The documentation runs: every code example in README.md and docs/*.md, as a reader would paste it.
 
-- Every ```python block runs in a fresh namespace, in its own empty working directory that holds a
-  tiny trained model at ``ebru-out/model`` (where ``make quickstart`` puts the real one), so the
-  README's examples run as written. A block is skipped only when the line just before it is
-  exactly ``<!-- docs-test: skip (why) -->``; at most ``MAX_SKIPPED`` blocks may say so.
+- Every ```python block runs in a fresh namespace, in its own empty working directory that holds two
+  tiny trained models where the README's commands put the real ones: a text-to-image model at
+  ``ebru-out/model`` (``make quickstart``) and a class-conditional one at ``ebru-class/model``
+  (``ebru train quickstart --out ebru-class``), so the README's examples run as written. A block is
+  skipped only when the line just before it is exactly ``<!-- docs-test: skip (why) -->``; at most
+  ``MAX_SKIPPED`` blocks may say so.
 - Every ```bash block marked ``<!-- docs-test: run -->`` runs with ``bash -e`` in the same kind of
   directory (``ebru`` is ``python -m ebru``; ``HOME`` is a fresh folder, so ``~/.config`` is too).
 - Every ``ebru ...`` command in a bash block parses with the real parser (unknown flags, missing
@@ -11,13 +13,15 @@
   exist only on the reader's machine). Every flag in an inline `ebru ...` usage line, and every flag
   in a table row that starts with one, exists on that command.
 - Every ```toml block parses; a training config (``task = ...``) passes ``TrainConfig`` and its
-  ``[model]`` table builds a network.
+  ``[model]`` table builds a network; an ``[encoder]`` table names a registered encoder and only
+  fields its factory takes.
 - Every relative link and image points to a file that exists, and every ``#anchor`` to a heading;
   every repository path named in backticks (``src/ebru/...``) exists; README's layout table lists
   every package at its import-linter layer; every ``make TARGET`` shown is a Makefile target.
 
-The whole module takes about 35-55 s on 2 CPU cores, most of it in the evaluation example (the
-reference features of Fashion-MNIST's 10,000 test images).
+The whole module takes about 45-65 s on 2 CPU cores, most of it in the evaluation example (the
+reference features of Fashion-MNIST's 10,000 test images) and in loading the text encoder (once in
+this process, and once per ``ebru`` command on the text-to-image model in a bash block).
 """
 
 from __future__ import annotations
@@ -129,10 +133,37 @@ def tiny_model(tmp_path_factory) -> Path:
     return Trainer(cfg, tmp_path_factory.mktemp("tiny-run"), dataset=data, progress=False).fit()
 
 
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> Path:
+    """A text-to-image 32x32 model with the real MiniLM encoder, trained for 2 steps (seconds).
+
+    Its config names the quickstart's data, ``fashion-scenes:quickstart`` (as a real quickstart model's
+    does, so prompt agreement knows its scenes), but it trains on 16 random images passed in memory.
+    """
+    from ebru.data import CaptionedImages
+    from ebru.train import TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8)
+    colours, items = ("red", "blue", "yellow", "white"), ("sneaker", "dress", "bag", "trousers")
+    captions = [(f"a {colours[i % 4]} {items[i // 4]}",) for i in range(16)]
+    data = CaptionedImages(images, captions, content_hash="0" * 64, source="docs test: random captioned images")
+    net = {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+           "attention_resolutions": [], "num_heads": 1, "dropout": 0.0}
+    cfg = TrainConfig.from_dict(dict(task="text2image", data="fashion-scenes:quickstart", model=net, steps=2,
+                                     batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2, sample_steps=1,
+                                     sample_prompts=["a red sneaker"], device="cpu", tensorboard=False))
+    out = tmp_path_factory.mktemp("tiny-text-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EBRU_CACHE", str(out / "cache"))  # caption encodings: not into the reader's own cache
+        return Trainer(cfg, out / "run", dataset=data, progress=False).fit()
+
+
 @pytest.fixture
-def workdir(tmp_path, tiny_model, monkeypatch) -> Path:
-    """An empty directory with a fresh copy of the tiny model at ``ebru-out/model``, as the cwd."""
-    shutil.copytree(tiny_model, tmp_path / "ebru-out" / "model")
+def workdir(tmp_path, tiny_model, tiny_text_model, monkeypatch) -> Path:
+    """An empty directory with fresh copies of the tiny models (``ebru-out/model``, ``ebru-class/model``), as cwd."""
+    shutil.copytree(tiny_text_model, tmp_path / "ebru-out" / "model")
+    shutil.copytree(tiny_model, tmp_path / "ebru-class" / "model")
     monkeypatch.chdir(tmp_path)
     for var in ("EBRU_TRUSTED_KEYS", "EBRU_LICENSE_POLICY"):  # the reader's own trust settings do not apply
         monkeypatch.delenv(var, raising=False)
@@ -155,7 +186,8 @@ def test_python_block_runs(block: Block, workdir: Path):
     skip = SKIP.fullmatch(block.marker)
     if skip:
         pytest.skip(skip.group("why"))
-    if ("fashion-mnist" in block.code or "evaluate_" in block.code) and not fashion_mnist_installed():
+    needs_data = ("fashion-mnist", "evaluate_", "FashionScenes", "fashion-scenes")
+    if any(word in block.code for word in needs_data) and not fashion_mnist_installed():
         pytest.skip("Fashion-MNIST is not installed (make data)")
     code = compile(block.code, block.name, "exec")
     exec(code, {"__name__": "__docs__"})  # a fresh namespace: the block must import what it uses
@@ -188,9 +220,22 @@ def test_bash_block_runs(block: Block, workdir: Path):
                 assert (workdir / opts["--grid"]).is_file(), f"{block.name}: {opts['--grid']} was not written"
             if "--out-dir" in opts:
                 pngs = list((workdir / opts["--out-dir"]).glob("*.png"))
-                assert len(pngs) == int(opts.get("-n", 16)), f"{block.name}: {len(pngs)} PNGs in {opts['--out-dir']}"
+                expected = sample_count(argv)
+                assert len(pngs) == expected, f"{block.name}: {len(pngs)} PNGs in {opts['--out-dir']}, not {expected}"
     if "ebru sign" in block.code:  # signed by a trusted key: the loads that follow print no warning
         assert "warning" not in r.stderr, f"{block.name}: a warning after signing:\n{r.stderr[-2000:]}"
+
+
+def sample_count(argv: list[str]) -> int:
+    """Images an ``ebru sample`` command line draws: ``-n`` (default 16), per ``--prompt`` when there are prompts."""
+    opts = dict(itertools.pairwise(argv))
+    return int(opts.get("-n", 16)) * max(1, argv.count("--prompt"))
+
+
+def test_sample_count_reads_n_per_prompt():
+    assert sample_count(["sample", "m", "--out-dir", "d"]) == 16
+    assert sample_count(["sample", "m", "-n", "20", "--out-dir", "d"]) == 20
+    assert sample_count(["sample", "m", "--prompt", "a", "--prompt", "b", "-n", "2", "--out-dir", "d"]) == 4
 
 
 # ------------------------------------------------------------------------------ ebru commands
@@ -327,19 +372,43 @@ def test_usage_check_catches_a_wrong_flag():
 
 
 # ------------------------------------------------------------------------------------- toml
+def encoder_table_problems(table: dict) -> list[str]:
+    """What an ``[encoder]`` table names that ``ebru.encoders`` lacks: an unknown kind, or a field its factory refuses.
+
+    Checked without building the encoder (a README's ``path`` and ``digest`` are the reader's own).
+    """
+    from ebru.encoders import ENCODERS
+
+    spec = dict(table)
+    kind = spec.pop("kind", "minilm")
+    if kind not in ENCODERS:
+        return [f"[encoder] kind {kind!r} is not one of {sorted(ENCODERS)}"]
+    allowed = set(getattr(ENCODERS[kind], "spec_fields", ())) | {"name", "dim", "pooled_dim"}
+    return [f"[encoder] kind {kind!r} takes no field {key!r}" for key in spec if key not in allowed]
+
+
+def test_encoder_check_catches_a_wrong_field():
+    assert encoder_table_problems({"kind": "minilm", "max_length": 32}) == []
+    assert encoder_table_problems({"kind": "hf", "path": "/m", "digest": "sha256:0", "pooling": "mean"}) == []
+    assert encoder_table_problems({"kind": "hf", "folder": "/m"}) == ["[encoder] kind 'hf' takes no field 'folder'"]
+    assert encoder_table_problems({"kind": "clip"})[0].startswith("[encoder] kind 'clip' is not one of")
+
+
 @pytest.mark.parametrize("block", of("toml"), ids=ids(of("toml")))
 def test_toml_block_is_valid(block: Block):
     data = tomllib.loads(block.code)
+    if isinstance(data.get("encoder"), dict):
+        assert not encoder_table_problems(data["encoder"]), f"{block.name}: {encoder_table_problems(data['encoder'])}"
     if "task" not in data:
-        return  # e.g. a licence policy: valid TOML is what can be checked here
+        return  # e.g. a licence policy or a lone [encoder] table: valid TOML is what can be checked here
     from ebru.nets import build_net
     from ebru.train import TrainConfig
 
     cfg = TrainConfig.from_dict(data)
-    if cfg.task == "image":
+    if cfg.task in ("image", "text2image"):
         size = cfg.image_size or 28
-        build_net({"kind": "unet", **cfg.model, "image_size": size, "in_channels": 3, "out_channels": 3,
-                   "num_classes": 2})
+        cond = {"num_classes": 2} if cfg.task == "image" else {"num_classes": None, "cond_dim": 384, "pooled_dim": 384}
+        build_net({"kind": "unet", **cfg.model, "image_size": size, "in_channels": 3, "out_channels": 3, **cond})
 
 
 # ------------------------------------------------------------------------------------ links
