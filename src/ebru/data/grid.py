@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,13 +31,34 @@ def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:
     return grid
 
 
+LABEL_CHARS = 24  # characters per line of a row label (a prompt wraps onto as many lines as its row holds)
+
+
+def _wrapped(labels: Sequence[str], row_height: float) -> list[list[str]]:
+    """Each label wrapped to ``LABEL_CHARS`` per line, at most as many 12-px lines as a row holds (last one cut)."""
+    fit = max(1, int(row_height // 12))
+    out = []
+    for label in labels:
+        lines = textwrap.wrap(str(label), LABEL_CHARS) or [""]
+        if len(lines) > fit:
+            lines = [*lines[:fit - 1], textwrap.shorten(" ".join(lines[fit - 1:]), LABEL_CHARS, placeholder="...")]
+        out.append(lines)
+    return out
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[str] | None = None,
               title: str | None = None, scale: int = 3) -> Path:
-    """Save a grid PNG; with ``row_labels`` (one per row) the rows are labelled on the left."""
+    """Save a grid PNG; with ``row_labels`` (one per row) the rows are labelled on the left.
+
+    Long labels (prompts) wrap onto as many lines as the row's height holds; the label column widens to fit.
+    """
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy())
     img = img.convert("RGB").resize((img.width * scale, img.height * scale), Image.NEAREST)
-    left = 110 if row_labels else 0
+    lines = _wrapped(row_labels, img.height / len(row_labels)) if row_labels else []
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max((measure.textlength(line) for label in lines for line in label), default=0)
+    left = max(110, int(widest) + 12) if row_labels else 0
     top = 24 if title else 0
     canvas = Image.new("RGB", (img.width + left, img.height + top), "white")
     canvas.paste(img, (left, top))
@@ -44,10 +66,11 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[
     if title:
         draw.text((left + 4, 5), title, fill="black")
     if row_labels:
-        rows = len(row_labels)
-        row_h = img.height / rows
-        for i, label in enumerate(row_labels):
-            draw.text((4, top + int(row_h * (i + 0.5)) - 6), str(label)[:16], fill="black")
+        row_h = img.height / len(row_labels)
+        for i, label in enumerate(lines):
+            y = top + int(row_h * (i + 0.5)) - 6 * len(label)
+            for k, line in enumerate(label):
+                draw.text((4, y + 12 * k), line, fill="black")
     return save_image_atomically(canvas, path)
 
 
