@@ -117,7 +117,7 @@ def main() -> None:
     summary["guidance"] = default_w
 
     # 3: negative prompts, per colour: item-only prompts with and without "<colour>" as the negative prompt
-    per = max(10, args.n // 2)
+    per = max(10, args.n // 4)
     plain = [f"a {NOUNS[i % len(NOUNS)]}" for i in range(per)]
     negation = {}
     for colour in COLOURS:

@@ -320,7 +320,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="write one PNG per image, named by class and seed: sample-Sneaker-seed0007.png")
     out.add_argument("--nrow", type=argtypes.positive_int, default=None, metavar="K",
                      help="images per grid row (default: about sqrt(N))")
-    m.add_argument("-n", type=argtypes.positive_int, default=16, metavar="N", help="number of images (default 16)")
+    m.add_argument("-n", type=argtypes.positive_int, default=16, metavar="N",
+                   help="number of images (default 16); with --prompt, images per prompt")
     m.add_argument("--sampler", type=argtypes.sampler, default=None, metavar="S",
                    help="sampler (default: the model's; see 'ebru samplers')")
     m.add_argument("--steps", type=argtypes.positive_int, default=None, metavar="K",

@@ -100,11 +100,12 @@ def _train(recipe: str, out: Path, overrides: list[str] | None, progress: bool) 
 
 
 def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None, progress: bool = True,
-                   agreement_prompts: int = 50) -> dict[str, Any]:
+                   agreement_prompts: int = 100) -> dict[str, Any]:
     """Train the text-to-image quickstart into ``out``, draw its pictures and measure its prompt agreement.
 
     ``agreement_prompts``: prompts per task and phrasing (seen / held-out) for the agreement figure
-    (0 skips it). Returns the paths written, the training record and the judges' report.
+    (0 skips it); they and their seeds are those of ``ebru eval MODEL -n 2*agreement_prompts``, so that
+    command gives the same figure. Returns the paths written, the training record and the judges' report.
     """
     from ebru.data.scenes import eval_prompts
     from ebru.eval.prompt_agreement import judge
@@ -122,7 +123,7 @@ def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = N
                            "(the last four phrasings were never seen in training)")
     report = None
     if agreement_prompts:
-        prompts = eval_prompts("quickstart", agreement_prompts * 2, seed=1)
+        prompts = eval_prompts("quickstart", agreement_prompts * 2, seed=0)
         shots = pipe([p.prompt for p in prompts], seeds=range(len(prompts)), progress=progress)
         report = judge(shots, prompts)
     forward = _draw_forward(pipe, trainer.task.images[0].cpu(), out / "forward.png")
