@@ -427,10 +427,10 @@ def test_is_captioned_folder(tmp_path):
 def test_load_captioned_routes_names_and_folders(tmp_path):
     from ebru.data import load_captioned
 
-    with pytest.raises(ValueError, match="unknown captioned data set 'fashion-mnist'.*fashion-scenes"):
+    with pytest.raises(ValueError, match=r"unknown captioned data set 'fashion-mnist'.*fashion-scenes"):
         load_captioned("fashion-mnist")  # a data set without captions is not silently used
-    with pytest.raises(ValueError, match="unknown Fashion scenes preset 'quikstart'.*did you mean 'quickstart'"):
+    with pytest.raises(ValueError, match=r"unknown Fashion scenes preset 'quikstart'.*did you mean 'quickstart'"):
         load_captioned("fashion-scenes:quikstart")
     (tmp_path / "a.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="metadata.jsonl|caption"):
+    with pytest.raises(ValueError, match=r"metadata\.jsonl|caption"):
         load_captioned(tmp_path)  # a folder with no captions at all: how to caption it
