@@ -29,7 +29,6 @@ left (says how to caption) raise ``ValueError``; a missing folder raises
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -41,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -49,14 +47,15 @@ from ..checks import optional_positive_int
 from .dataset import ImageDataset
 from .errors import DataMissingError
 
-# Private helpers of folder.py, imported (not copied) so both loaders decode identically.
+# folder.py's decoding, shared (not copied) so both loaders decode identically.
 from .folder import (
     IMAGE_EXTENSIONS,
     PROGRESS_MIN_FILES,
+    SameSize,
     _one_line,
-    _resize_center_crop,
-    _to_l_or_rgb,
+    decode_image,
     find_images,
+    stack_images,
     utf8_name,
 )
 from .hashing import FilesHasher
@@ -324,22 +323,6 @@ def _read_metadata(root: Path, image_rels: set[str]) -> _Metadata:
     return meta
 
 
-def _decode(data: bytes, channels: int | None, image_size: int | None) -> np.ndarray:
-    """Image bytes -> uint8 (H, W) or (H, W, 3), converted and resized as ImageFolder does."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.seek(0)
-        im.load()
-        img = _to_l_or_rgb(im)
-        if channels == 1 and img.mode == "RGB":
-            img = img.convert("L")
-        if image_size is not None:
-            img = _resize_center_crop(img, image_size)
-        arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 3 and channels is None and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
-        arr = np.ascontiguousarray(arr[..., 0])  # R == G == B: grayscale content
-    return arr
-
-
 def load_captioned_folder(
     root: str | os.PathLike,
     image_size: int | None = None,
@@ -413,27 +396,23 @@ def load_captioned_folder(
     arrays: list[np.ndarray] = []
     files: list[Path] = []
     unreadable: list[tuple[str, str]] = []
-    first: tuple[str, tuple[int, int]] | None = None
+    same_size = SameSize(utf8_name(str(root)))
     bar = tqdm(chosen, desc=f"decoding {root.name or root}", unit="img", disable=len(chosen) <= PROGRESS_MIN_FILES,
                leave=False)
     for rel, path, caps in bar:
         try:
             data = path.read_bytes()
-            arr = _decode(data, channels, image_size)
+            arr = decode_image(data, channels, image_size)
         except Exception as e:  # a bad file is skipped and reported, never a crash mid-run
             unreadable.append((rel, _one_line(e)))
             left_out.append((str(path), _one_line(e)))
             continue
         if image_size is None:
-            size = (arr.shape[1], arr.shape[0])
-            if first is None:
-                first = (rel, size)
-            elif size != first[1]:
+            try:
+                same_size.check(rel, arr)
+            except ValueError:
                 bar.close()
-                raise ValueError(
-                    f"images in {utf8_name(str(root))} differ in size: {first[0]} is {first[1][0]}x{first[1][1]}, "
-                    f"{rel} is {size[0]}x{size[1]}; pass image_size=N to resize and center-crop"
-                )
+                raise
         records.append((rel, data, caps))
         arrays.append(arr)
         files.append(path)
@@ -464,12 +443,7 @@ def load_captioned_folder(
         raise ValueError(f"no captioned image left in {utf8_name(str(root))} ({line.removeprefix('data: ')}); "
                          f"{_HOW_TO_CAPTION}")
 
-    c = channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
-    h, w = arrays[0].shape[:2]
-    images = torch.empty((len(arrays), c, h, w), dtype=torch.uint8)
-    out = images.numpy()
-    for i, a in enumerate(arrays):
-        out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # gray broadcasts to every channel
+    images = stack_images(arrays, channels)
     del arrays
 
     kinds = sorted(origins)

@@ -115,6 +115,54 @@ def utf8_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", errors="replace")
 
 
+def decode_image(data: bytes, channels: int | None, image_size: int | None) -> np.ndarray:
+    """Image bytes -> uint8 (H, W) or (H, W, 3): first frame, L or RGB, optionally resized and center-cropped.
+
+    ``channels`` 1 converts RGB to L; ``None`` keeps RGB but returns (H, W) when R == G == B everywhere
+    (grayscale content). Raises whatever Pillow raises for a file it cannot decode.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        im.seek(0)
+        im.load()
+        img = _to_l_or_rgb(im)
+        if channels == 1 and img.mode == "RGB":
+            img = img.convert("L")
+        if image_size is not None:
+            img = _resize_center_crop(img, int(image_size))
+        arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 3 and channels is None and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+        arr = np.ascontiguousarray(arr[..., 0])  # R == G == B: grayscale content
+    return arr
+
+
+class SameSize:
+    """Refuse (ValueError, one line) images of different sizes in a folder read without ``image_size``."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.first: tuple[str, tuple[int, int]] | None = None
+
+    def check(self, rel: str, arr: np.ndarray) -> None:
+        size = (arr.shape[1], arr.shape[0])
+        if self.first is None:
+            self.first = (rel, size)
+        elif size != self.first[1]:
+            (r0, (w0, h0)) = self.first
+            raise ValueError(f"images in {self.root} differ in size: {r0} is {w0}x{h0}, {rel} is {size[0]}x{size[1]}; "
+                             "pass image_size=N to resize and center-crop")
+
+
+def stack_images(arrays: list[np.ndarray], channels: int | None) -> torch.Tensor:
+    """uint8 (N, C, H, W) from (H, W) / (H, W, 3) arrays; C = ``channels``, else 1 when all are gray, else 3."""
+    c = channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
+    h, w = arrays[0].shape[:2]
+    images = torch.empty((len(arrays), c, h, w), dtype=torch.uint8)
+    out = images.numpy()
+    for i, a in enumerate(arrays):
+        out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # gray broadcasts to every channel
+    return images
+
+
 class ImageFolder(ImageDataset):
     """Image files under ``root``, decoded into memory; see the module docstring for the rules.
 
@@ -166,7 +214,7 @@ class ImageFolder(ImageDataset):
         labels: list[int] = []
         self.files: list[Path] = []
         self.skipped: list[tuple[str, str]] = []
-        first: tuple[str, tuple[int, int]] | None = None
+        same_size = SameSize(str(root))
         bar = tqdm(
             zip(candidates, rels), total=len(candidates), desc=f"decoding {root.name or root}", unit="img",
             disable=len(candidates) <= PROGRESS_MIN_FILES, leave=False,
@@ -174,32 +222,16 @@ class ImageFolder(ImageDataset):
         for path, rel in bar:
             try:
                 data = path.read_bytes()
-                with Image.open(io.BytesIO(data)) as im:
-                    im.seek(0)
-                    im.load()
-                    img = _to_l_or_rgb(im)
-                    if channels == 1 and img.mode == "RGB":
-                        img = img.convert("L")
-                    if image_size is not None:
-                        img = _resize_center_crop(img, int(image_size))
-                    arr = np.asarray(img, dtype=np.uint8)
+                arr = decode_image(data, channels, image_size)
             except Exception as e:  # a bad file is skipped and reported, never a crash mid-run
                 self.skipped.append((str(path), _one_line(e)))
                 continue
             if image_size is None:
-                size = (arr.shape[1], arr.shape[0])
-                if first is None:
-                    first = (rel, size)
-                elif size != first[1]:
+                try:
+                    same_size.check(rel, arr)
+                except ValueError:
                     bar.close()
-                    raise ValueError(
-                        f"images in {root} differ in size: {first[0]} is {first[1][0]}x{first[1][1]}, "
-                        f"{rel} is {size[0]}x{size[1]}; pass image_size=N to resize and center-crop"
-                    )
-            if arr.ndim == 3 and channels is None and (arr[..., 0] == arr[..., 1]).all() and (
-                arr[..., 0] == arr[..., 2]
-            ).all():
-                arr = np.ascontiguousarray(arr[..., 0])  # R == G == B: grayscale content
+                    raise
             hasher.add(rel, data)
             arrays.append(arr)
             labels.append(class_index[rel.split("/", 1)[0]] if labelled else -1)
@@ -212,12 +244,7 @@ class ImageFolder(ImageDataset):
                 f"no readable image in {root}: all {len(candidates)} image files were skipped "
                 f"(first: {self.skipped[0][0]}: {self.skipped[0][1]})"
             )
-        c = channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
-        h, w = arrays[0].shape[:2]
-        images = torch.empty((len(arrays), c, h, w), dtype=torch.uint8)
-        out = images.numpy()
-        for i, a in enumerate(arrays):
-            out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # gray broadcasts to every channel
+        images = stack_images(arrays, channels)
         del arrays
 
         what = f"{len(class_names)} classes" if class_names is not None else "unlabelled"

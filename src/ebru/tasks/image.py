@@ -105,17 +105,21 @@ class ImageTask:
             batch["flip"] = torch.rand(B, generator=g) < 0.5
         return batch
 
+    def condition(self, batch: dict[str, Tensor], part: slice, idx: Tensor) -> dict[str, Tensor]:
+        """The network's condition keywords for the slice ``part`` (images ``idx``): class labels, dropped to -1."""
+        if not self.conditional:
+            return {}
+        labels = self.labels[idx].clone()
+        labels[batch["drop"][part].to(self.device)] = NULL_LABEL
+        return {"class_labels": labels}
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
-        """Per-sample weighted denoising loss (B_part,) of the slice ``part``."""
+        """Per-sample weighted denoising loss (B_part,) of the slice ``part``, under :meth:`condition`."""
         idx = batch["idx"][part].to(self.device)
         x0 = self.images[idx]
         if "flip" in batch:
             x0 = torch.where(batch["flip"][part].to(self.device)[:, None, None, None], x0.flip(-1), x0)
-        cond = {}
-        if self.conditional:
-            labels = self.labels[idx].clone()
-            labels[batch["drop"][part].to(self.device)] = NULL_LABEL
-            cond["class_labels"] = labels
+        cond = self.condition(batch, part, idx)
         options = {k: v for k, v in {"sigma_data": self.cfg.sigma_data}.items() if k in self.weighting_options}
         return denoising_loss(model, x0, batch["sigma"][part].to(self.device), batch["noise"][part].to(self.device),
                               self.cfg.weighting, options, **cond)

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ebru.data import load_captioned
 from ebru.data.grid import save_grid
-from ebru.diffusion import denoising_loss, sample
+from ebru.diffusion import WEIGHTINGS, LogNormalSigma, sample
 from ebru.encoders import MINILM_DIGEST, TextEncoder, TextEncoding, encode_captions, load_encoder
 
 from .base import TASKS, TrainState
@@ -112,8 +112,6 @@ class TextToImageTask(ImageTask):
             net[key] = width
         self.net_config = net
         self.conditional = True
-        from ebru.diffusion import WEIGHTINGS, LogNormalSigma
-
         self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
         self.weighting_options = WEIGHTINGS[cfg.weighting].options
 
@@ -126,16 +124,9 @@ class TextToImageTask(ImageTask):
         batch["caption"] = torch.where(batch["drop"], torch.zeros_like(caption), caption)
         return batch
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
-        """Per-sample weighted denoising loss (B_part,) of the slice ``part``, conditioned on the drawn captions."""
-        idx = batch["idx"][part].to(self.device)
-        x0 = self.images[idx]
-        if "flip" in batch:
-            x0 = torch.where(batch["flip"][part].to(self.device)[:, None, None, None], x0.flip(-1), x0)
-        cond = text_condition(self.encodings[batch["caption"][part].to(self.device)])
-        options = {k: v for k, v in {"sigma_data": self.cfg.sigma_data}.items() if k in self.weighting_options}
-        return denoising_loss(model, x0, batch["sigma"][part].to(self.device), batch["noise"][part].to(self.device),
-                              self.cfg.weighting, options, **cond)
+    def condition(self, batch: dict[str, Tensor], part: slice, idx: Tensor) -> dict[str, Tensor]:
+        """The token states, mask and pooled vector of the captions drawn for the slice ``part``."""
+        return text_condition(self.encodings[batch["caption"][part].to(self.device)])
 
     # ---------------------------------------------------------------------------------------- outputs
     def preview_prompts(self, k: int = 8) -> list[str]:
