@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ebru.encoders import EncoderError, encode_captions
-from ebru.encoders.cache import cache_key
+from ebru.encoders.cache import cache_key, caption_set_key
 
 CAPTIONS = ["a red sneaker", "a blue bag", "a red sneaker", "", "three yellow dresses on the left", "a blue bag"]
 UNIQUE = ["a red sneaker", "a blue bag", "", "three yellow dresses on the left"]
@@ -50,23 +50,47 @@ def test_unique_captions_in_first_occurrence_order(minilm):
         encode_captions(minilm, ["a"], batch_size=0)
 
 
+def index_of(tmp_path, encoder, captions, suffix=""):
+    return tmp_path / f"text-{cache_key(encoder)}{suffix}-{caption_set_key(captions)}.json"
+
+
 def test_second_call_is_served_from_the_cache(minilm, tmp_path):
     first = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
-    files = sorted(p.name for p in tmp_path.iterdir())
-    key = cache_key(minilm)
-    assert files[0] == f"text-{key}-" + files[0].split("-")[-1] and files[1] == f"text-{key}.json"
+    index_path = index_of(tmp_path, minilm, CAPTIONS)
+    assert caption_set_key(CAPTIONS) == caption_set_key(list(reversed(UNIQUE)))  # order and repeats ignored
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([index_path.name, json.loads(
+        index_path.read_text(encoding="utf-8"))["file"]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = encode_captions(Counting(minilm, fail=True), list(reversed(CAPTIONS)), cache_dir=tmp_path)
     order = list(dict.fromkeys(reversed(CAPTIONS)))
     same(again, first[torch.tensor([UNIQUE.index(c) for c in order])].trim())
+
+
+def test_each_caption_set_is_its_own_entry_and_a_small_set_never_reads_a_large_one(minilm, tmp_path):
+    encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
+    big = json.loads(index_of(tmp_path, minilm, CAPTIONS).read_text(encoding="utf-8"))
+    (tmp_path / big["file"]).write_bytes(b"garbage")  # reading it would warn
     counting = Counting(minilm)
-    grown = encode_captions(counting, ["a green shirt", "a blue bag"], cache_dir=tmp_path)
-    assert counting.seen == ["a green shirt"]  # only the new caption
-    same(grown, minilm.encode(["a green shirt", "a blue bag"]))
-    index = json.loads((tmp_path / f"text-{key}.json").read_text(encoding="utf-8"))
-    assert index["captions"] == [*UNIQUE, "a green shirt"]
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1  # the superseded tensor file is gone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other = encode_captions(counting, ["a green shirt", "a blue bag"], cache_dir=tmp_path)
+        again = encode_captions(Counting(minilm, fail=True), ["a blue bag", "a green shirt"], cache_dir=tmp_path)
+    assert counting.seen == ["a green shirt", "a blue bag"]  # a new set is encoded whole
+    same(other, minilm.encode(["a green shirt", "a blue bag"]))
+    same(again, minilm.encode(["a blue bag", "a green shirt"]))
+    assert len(list(tmp_path.glob("*.json"))) == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def test_a_version_1_cache_of_the_encoder_is_removed_when_a_new_entry_is_written(minilm, tmp_path):
+    key = cache_key(minilm)
+    legacy, blob = tmp_path / f"text-{key}.json", tmp_path / f"text-{key}-0123456789abcdef.safetensors"
+    blob.write_bytes(b"old rows")
+    legacy.write_text(json.dumps({"version": 1, "file": blob.name}), encoding="utf-8")
+    keep = tmp_path / "unrelated.safetensors"
+    keep.write_bytes(b"not ours")
+    encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
+    assert not legacy.exists() and not blob.exists() and keep.exists()
 
 
 def test_cache_is_keyed_by_the_encoder_spec(minilm):
@@ -85,7 +109,7 @@ def test_cache_is_keyed_by_the_encoder_spec(minilm):
 @pytest.mark.parametrize("damage", ["flip", "index", "not-safetensors", "rows"])
 def test_damaged_cache_is_rebuilt_with_a_warning(minilm, tmp_path, damage):
     first = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)
-    index_path = tmp_path / f"text-{cache_key(minilm)}.json"
+    index_path = index_of(tmp_path, minilm, CAPTIONS)
     index = json.loads(index_path.read_text(encoding="utf-8"))
     data_path = tmp_path / index["file"]
     if damage == "flip":
@@ -129,7 +153,7 @@ def test_half_precision_states_are_stored_apart_and_agree_exactly_cached_or_fres
     assert torch.equal(fresh.states, full.states.half()) and torch.equal(fresh.pooled, full.pooled)
     encode_captions(minilm, CAPTIONS, cache_dir=tmp_path)  # a float32 cache beside it is a different file
     first = encode_captions(minilm, CAPTIONS, cache_dir=tmp_path, states_dtype="float16")
-    assert (tmp_path / f"text-{cache_key(minilm)}-float16.json").is_file()
+    assert index_of(tmp_path, minilm, CAPTIONS, "-float16").is_file()
     cached = encode_captions(Counting(minilm, fail=True), CAPTIONS, cache_dir=tmp_path, states_dtype="float16")
     for enc in (first, cached):
         assert torch.equal(enc.states, fresh.states) and torch.equal(enc.mask, fresh.mask)

@@ -1,12 +1,18 @@
 """Encode each unique caption once, and keep the result on disk: :func:`encode_captions`.
 
 Training a text-to-image model on a 2-core CPU should spend its time on the denoiser, not on re-running
-a frozen encoder over the same few thousand captions every epoch. The cache under ``cache_dir`` is, per
-encoder (its ``spec()`` without ``path``: the weight digest, ``max_length``, pooling), two files:
+a frozen encoder over the same few thousand captions every epoch. The cache under ``cache_dir`` holds
+one entry per encoder (its ``spec()`` without ``path``: the weight digest, ``max_length``, pooling) and
+caption set (the sorted unique captions), two files each:
 
-- ``text-<key>.json`` — the index: ``{"version", "spec", "captions": [...], "file", "sha256"}``; row i of
-  the tensors belongs to ``captions[i]``;
-- ``text-<key>-<sha>.safetensors`` — ``states`` (N, T, D), ``mask`` (N, T), ``pooled`` (N, P).
+- ``text-<key>-<set>.json`` — the index: ``{"version", "spec", "captions": [...], "file", "sha256"}``;
+  row i of the tensors belongs to ``captions[i]``;
+- ``text-<key>-<set>-<sha>.safetensors`` — ``states`` (N, T, D), ``mask`` (N, T), ``pooled`` (N, P).
+
+One entry per caption set, rather than one growing file per encoder, means a small job never reads
+(and hashes) the rows of a large one: a quickstart run after the full Fashion-scenes recipe reads its own
+few thousand rows, not the full recipe's 87,000 (about 2 GB). A caption set seen before, in any order,
+is a cache hit; any other set is encoded whole and stored beside the others.
 
 The tensor file is written first under a content-derived name, then the index is replaced atomically
 (:func:`ebru.data.atomic.atomic_open`), so a reader always sees a consistent pair. A cache that cannot be
@@ -32,7 +38,7 @@ from ebru.trust import TrustError, load_bytes
 
 from .base import EncoderError, TextEncoder, TextEncoding
 
-VERSION = 1
+VERSION = 2
 
 
 def cache_key(encoder: TextEncoder) -> str:
@@ -94,6 +100,23 @@ def _read(index_path: Path, spec: dict[str, Any]) -> tuple[list[str], TextEncodi
         return None
 
 
+def caption_set_key(captions: Sequence[str]) -> str:
+    """16 hex digits naming a caption set, whatever its order or repeats: SHA-256 of the sorted unique captions."""
+    return hashlib.sha256(json.dumps(sorted(set(captions)), ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def _drop_legacy(cache_dir: Path, key: str) -> None:
+    """Remove a version-1 cache of this encoder (one growing ``text-<key>.json`` and its tensor file)."""
+    legacy = cache_dir / f"text-{key}.json"
+    try:
+        name = json.loads(legacy.read_text(encoding="utf-8")).get("file")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(name, str) and Path(name).name == name and name.startswith(f"text-{key}-"):
+        (cache_dir / name).unlink(missing_ok=True)
+    legacy.unlink(missing_ok=True)
+
+
 def _write(index_path: Path, spec: dict[str, Any], captions: list[str], enc: TextEncoding) -> None:
     blob = save({"states": enc.states.contiguous(), "mask": enc.mask.contiguous(), "pooled": enc.pooled.contiguous()})
     sha = hashlib.sha256(blob).hexdigest()
@@ -116,8 +139,9 @@ def encode_captions(encoder: TextEncoder, captions: Sequence[str], *, batch_size
 
     Returns a :class:`TextEncoding` of U rows (U unique captions) padded to the longest of them:
     ``states`` (U, T, D), ``mask`` (U, T), ``pooled`` (U, P); the same values whether or not they came
-    from the cache. With ``cache_dir``, captions already cached for this encoder (same spec: weight
-    digest, ``max_length``, pooling) are not encoded again, and new ones are added to the cache. To get
+    from the cache. With ``cache_dir``, a caption set already cached for this encoder (same spec: weight
+    digest, ``max_length``, pooling; the same unique captions in any order) is read back instead of
+    encoded; any other set is encoded and stored as its own cache entry. To get
     the rows of a list of caption indices, index the result: ``enc[idx]``.
 
     ``states_dtype``: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``: the token states are kept
@@ -136,28 +160,24 @@ def encode_captions(encoder: TextEncoder, captions: Sequence[str], *, batch_size
         if not isinstance(c, str):
             raise EncoderError(f"caption {i} must be a string, got {type(c).__name__}")
     unique = list(dict.fromkeys(captions))
+    if not unique:
+        return _stored(encoder.encode([]), dtype)
     if cache_dir is None:
-        parts = _encode(encoder, unique, batch_size, progress, dtype)
-        return TextEncoding.cat(parts).trim() if parts else _stored(encoder.encode([]), dtype)
+        return TextEncoding.cat(_encode(encoder, unique, batch_size, progress, dtype)).trim()
 
     spec = {k: v for k, v in encoder.spec().items() if k != "path"}
     key = cache_key(encoder)
     if states_dtype != "float32":  # float32 caches keep their original name and spec
         spec["states_dtype"] = states_dtype
         key = f"{key}-{states_dtype}"
-    index_path = Path(cache_dir) / f"text-{key}.json"
+    cache_dir = Path(cache_dir)
+    index_path = cache_dir / f"text-{key}-{caption_set_key(unique)}.json"
     cached = _read(index_path, spec)
-    known, rows = cached if cached is not None else ([], None)
-    where = {c: i for i, c in enumerate(known)}
-    new = [c for c in unique if c not in where]
-    if new:
-        added = TextEncoding.cat(_encode(encoder, new, batch_size, progress, dtype))
-        rows = added if rows is None else TextEncoding.cat([rows, added])
-        for c in new:
-            where[c] = len(where)
-        known = known + new
+    if cached is not None and set(cached[0]) == set(unique):
+        known, rows = cached
+    else:
+        known, rows = unique, TextEncoding.cat(_encode(encoder, unique, batch_size, progress, dtype))
+        _drop_legacy(cache_dir, key)
         _write(index_path, spec, known, rows)
-    if not unique:
-        return _stored(encoder.encode([]), dtype)
-    assert rows is not None
+    where = {c: i for i, c in enumerate(known)}
     return rows[torch.tensor([where[c] for c in unique], dtype=torch.long)].trim()
