@@ -112,7 +112,8 @@ def test_weighting_formulas():
         assert float(WEIGHTINGS["min_snr"](t, gamma=1.0)) == pytest.approx(min(1 / (s * s), 1.0), rel=1e-14)
         assert float(WEIGHTINGS["v"](t)) == pytest.approx(1 / (s * s) + 1, rel=1e-14)
         assert float(WEIGHTINGS["uniform"](t)) == 1.0
-    assert sorted(WEIGHTINGS) == ["edm", "min_snr", "snr", "uniform", "v"]
+        assert float(WEIGHTINGS["flow"](t)) == pytest.approx(((1 + s) / s) ** 2, rel=1e-14)
+    assert sorted(WEIGHTINGS) == ["edm", "flow", "min_snr", "snr", "uniform", "v"]
 
 
 def test_weightings_are_the_classic_objectives():
@@ -140,7 +141,7 @@ def ideal_mse(oracle, s):
     return float((lam * s**2 / (lam + s**2)).sum() / oracle.dim)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "edm", "snr", "min_snr", "v"])
+@pytest.mark.parametrize("weighting", ["uniform", "edm", "snr", "min_snr", "v", "flow"])
 @pytest.mark.parametrize("s", [0.05, 0.5, 2.0, 20.0])
 def test_exact_denoiser_attains_the_analytic_loss(oracle, weighting, s):
     n = 20_000
@@ -252,4 +253,4 @@ def test_invalid_weighting_option_values_are_refused(name, options, message):
 
 def test_weightings_list_their_options():
     assert {name: fn.options for name, fn in WEIGHTINGS.items()} == {
-        "edm": ("sigma_data",), "snr": (), "min_snr": ("gamma",), "v": (), "uniform": ()}
+        "edm": ("sigma_data",), "snr": (), "min_snr": ("gamma",), "v": (), "flow": (), "uniform": ()}

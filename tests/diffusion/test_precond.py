@@ -54,10 +54,16 @@ def rel_close(a, b, tol=1e-12):
 def network_from_oracle(oracle, prediction, sigma_data):
     """The raw F(x_in, c_noise) that a perfectly trained ``prediction`` network computes.
 
-    x_in = x / sqrt(sigma^2 + sd^2) and c_noise = ln(sigma)/4 (EDM's conventions).
+    x_in = x / sqrt(sigma^2 + sd^2) and c_noise = ln(sigma)/4 (EDM's conventions); for ``flow``
+    (rectified flow) x_in = x_t = (1 - t) x, c_noise = t = sigma / (1 + sigma), output v = eps - x0.
     """
 
     def net(x_in, c_noise):
+        if prediction == "flow":
+            t = c_noise[:, None]
+            sigma, x = t / (1 - t), x_in / (1 - t)
+            d = oracle(x, sigma[:, 0])
+            return (x - d) / sigma - d
         sigma = (4 * c_noise).exp()[:, None]
         x = x_in * (sigma**2 + sigma_data**2).sqrt()
         d = oracle(x, sigma[:, 0])
@@ -91,6 +97,9 @@ def test_scalings_table(prediction):
     sd = 0.5
     for s in SIGMAS:
         c_skip, c_out, c_in = (float(v) for v in scalings(prediction, torch.tensor(s, dtype=F64), sd))
+        if prediction == "flow":  # x_t = x / (1 + sigma); sigma_data plays no part
+            assert (c_skip, c_out, c_in) == pytest.approx((1 / (1 + s), -s / (1 + s), 1 / (1 + s)), rel=1e-14)
+            continue
         assert c_in == pytest.approx(1 / math.sqrt(s * s + sd * sd), rel=1e-14)
         expected = {
             "eps": (1.0, -s),

@@ -301,6 +301,7 @@ WEIGHT = {  # lambda(sigma) of each weighting in closed form (ebru.diffusion.los
     "min_snr": lambda s: (s**-2).clamp(max=5.0),
     "v": lambda s: s**-2 + 1,
     "uniform": lambda s: torch.ones_like(s),
+    "flow": lambda s: ((1 + s) / s) ** 2,
 }
 
 

@@ -3,10 +3,13 @@
 The Denoiser contract ``D(x, sigma, **cond) -> x0_hat`` (``x = x0 + sigma * eps``),
 preconditioning, forward-process schedules, losses, step schedules, samplers,
 guidance and editing transforms, and exact-score oracles to test them against.
+Flow models (rectified flow / flow matching) are ``Precond(net, "flow")``; their
+coordinates and a path-straightness measure are in :mod:`ebru.diffusion.flow`.
 """
 
 from .denoiser import PREDICTIONS, Denoiser, DiscreteTimesteps, Precond, scalings, vp_denoiser
 from .editing import Inpaint, img2img_start, repaint
+from .flow import flow_velocity, shift_t, sigma_to_t, straightness, t_to_sigma
 from .guidance import ClassifierFreeGuidance
 from .loss import WEIGHTINGS, DiscreteSigma, LogNormalSigma, VPUniformTSigma, denoising_loss
 from .noise import (
@@ -32,8 +35,9 @@ __all__ = [
     "ClassifierFreeGuidance", "Denoiser", "DiscreteSigma", "DiscreteTimesteps", "EDMNoise",
     "GaussianMixture", "GaussianOracle", "Inpaint", "LogNormalSigma", "Precond", "Registry",
     "UnknownNameError", "VPUniformTSigma", "WarpedSchedule",
-    "add_noise", "alphas_cumprod_to_sigmas", "denoising_loss", "get_sigmas", "img2img_start",
+    "add_noise", "alphas_cumprod_to_sigmas", "denoising_loss", "flow_velocity", "get_sigmas", "img2img_start",
     "pf_ode_reference", "q_sample", "repaint", "rescale_zero_terminal_snr", "rms_error", "sample",
-    "sampler_nfe", "scalings", "sigmas_to_alphas_cumprod", "solve_pf_ode", "steps_for_nfe",
-    "tune_schedule", "vp_cosine_alphas_cumprod", "vp_denoiser", "vp_linear_alphas_cumprod",
+    "sampler_nfe", "scalings", "shift_t", "sigma_to_t", "sigmas_to_alphas_cumprod", "solve_pf_ode",
+    "steps_for_nfe", "straightness", "t_to_sigma", "tune_schedule", "vp_cosine_alphas_cumprod",
+    "vp_denoiser", "vp_linear_alphas_cumprod",
 ]

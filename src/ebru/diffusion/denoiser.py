@@ -19,12 +19,22 @@ prediction    c_skip                   c_out                           c_in
 ``x0``        0                        1                               1/sqrt(sigma^2+sd^2)
 ``v``         sd^2/(sigma^2+sd^2)      -sigma sd/sqrt(sigma^2+sd^2)    1/sqrt(sigma^2+sd^2)
 ``edm``       sd^2/(sigma^2+sd^2)      sigma sd/sqrt(sigma^2+sd^2)     1/sqrt(sigma^2+sd^2)
+``flow``      1/(1+sigma)              -sigma/(1+sigma)                1/(1+sigma)
 ============  =======================  ==============================  =====================
 
 ``sd`` is sigma_data (0.5 for ``edm`` on images in [-1, 1], 1.0 otherwise, which is
 exactly the VP convention: the network sees ``sqrt(abar) x`` and eps/v mean what
 they mean in DDPM and Salimans & Ho). ``c_noise`` defaults to EDM's ``ln(sigma)/4``;
 :func:`vp_denoiser` instead feeds DDPM's (fractional) timestep index.
+
+``flow`` is rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2023; SD3,
+Esser et al. 2024): the path ``x_t = (1 - t) x0 + t eps`` is ebru's ``x = x0 + sigma eps``
+divided by ``1 + sigma``, with ``sigma = t / (1 - t)`` (``t = sigma / (1 + sigma)``), and the
+network predicts the velocity ``v = eps - x0`` from ``x_t = c_in x``. Then
+``x0_hat = x_t - t v_hat`` is the row above. sigma_data plays no part (it is accepted and
+ignored; default 1.0). Its ``c_noise`` is ``t`` itself, in [0, 1) (diffusers' flow models
+take ``1000 t``: wrap one with ``noise_embedding=lambda s: 1000 * s / (1 + s)``). The helpers
+for the t <-> sigma map, SD3's shift and a straightness measure are in :mod:`ebru.diffusion.flow`.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from torch import Tensor, nn
 from .noise import alphas_cumprod_to_sigmas
 from .tensors import check_finite_number, sigma_batch, sigma_view
 
-PREDICTIONS = ("eps", "x0", "v", "edm")
+PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
 
 
 class Denoiser(Protocol):
@@ -48,7 +58,13 @@ class Denoiser(Protocol):
 
 
 def scalings(prediction: str, sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(c_skip, c_out, c_in)`` for a prediction target (see the module table)."""
+    """``(c_skip, c_out, c_in)`` for a prediction target (see the module table); ``flow`` ignores ``sigma_data``.
+
+    Raises ValueError for an unknown ``prediction``.
+    """
+    if prediction == "flow":
+        c_in = 1 / (1 + sigma)
+        return c_in, -sigma * c_in, c_in
     sd2 = sigma_data**2
     c_in = 1 / (sigma**2 + sd2).sqrt()
     if prediction == "eps":
@@ -68,15 +84,23 @@ def edm_noise_embedding(sigma: Tensor) -> Tensor:
     return sigma.log() / 4
 
 
+def flow_noise_embedding(sigma: Tensor) -> Tensor:
+    """Rectified flow's ``c_noise = t = sigma / (1 + sigma)``, in [0, 1) (the default of ``prediction="flow"``)."""
+    return sigma / (1 + sigma)
+
+
 class Precond(nn.Module):
     """Wrap a network ``F(x_in, c_noise, **cond)`` as a Denoiser for one prediction target.
 
     Args:
         net: the raw network; it receives ``c_in * x`` and a (B,) tensor ``c_noise``.
-        prediction: ``"eps"``, ``"x0"``, ``"v"`` or ``"edm"``.
-        sigma_data: data standard deviation; default 0.5 for ``edm``, else 1.0.
+        prediction: ``"eps"``, ``"x0"``, ``"v"``, ``"edm"`` or ``"flow"`` (velocity ``eps - x0``
+            of rectified flow; see the module docstring).
+        sigma_data: data standard deviation; default 0.5 for ``edm``, else 1.0 (``flow`` ignores it).
         noise_embedding: maps (B,) sigmas to the network's noise input; default
-            ``ln(sigma)/4``.
+            ``ln(sigma)/4``, or ``t = sigma / (1 + sigma)`` for ``flow``.
+
+    Raises ValueError for an unknown ``prediction`` or a ``sigma_data`` that is not a finite number > 0.
     """
 
     def __init__(
@@ -94,7 +118,8 @@ class Precond(nn.Module):
         default_sd = 0.5 if prediction == "edm" else 1.0
         self.sigma_data = check_finite_number("sigma_data", sigma_data if sigma_data is not None else default_sd,
                                               positive=True)
-        self.noise_embedding = noise_embedding or edm_noise_embedding
+        default_embedding = flow_noise_embedding if prediction == "flow" else edm_noise_embedding
+        self.noise_embedding = noise_embedding or default_embedding
 
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return scalings(self.prediction, sigma, self.sigma_data)
@@ -110,13 +135,16 @@ class Precond(nn.Module):
 
         With this target the wrapped Denoiser returns exactly ``x0``; the EDM loss
         ``lambda(sigma) |D - x0|^2`` equals ``|F - target|^2`` when
-        ``lambda = 1 / c_out^2``.
+        ``lambda = 1 / c_out^2`` (for ``flow``, the velocity ``noise - x0`` and the ``flow``
+        weighting ``((1 + sigma) / sigma)^2``).
         """
         s = sigma_batch(sigma, x0)
         c_skip, c_out, _ = (sigma_view(c, x0) for c in self.scalings(s))
         x = x0 + sigma_view(s, x0) * noise
         if self.prediction == "eps":
             return noise
+        if self.prediction == "flow":
+            return noise - x0
         return (x0 - c_skip * x) / c_out
 
 

@@ -7,13 +7,20 @@ objective looks in that form (SNR = 1 / sigma^2 in the VE view):
 - ``edm``: lambda = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2 (Karras et al. 2022).
 - ``snr``: lambda = 1 / sigma^2, i.e. DDPM's L_simple on eps.
 - ``min_snr``: lambda = min(SNR, gamma) (Hang et al. 2023), default gamma = 5.
+- ``v``: lambda = SNR + 1, i.e. plain MSE on v (sigma_data = 1).
+- ``uniform``: lambda = 1, plain MSE on x0.
+- ``flow``: lambda = ((1 + sigma) / sigma)^2 = 1 / t^2, i.e. plain MSE on the rectified-flow
+  velocity ``v = eps - x0`` (Liu et al. 2022; SD3): ``x0_hat - x0 = -t (v_hat - v)``.
 
 Options go by keyword (``WEIGHTINGS["min_snr"](sigma, gamma=2)`` or ``denoising_loss(...,
 weighting_opts={"gamma": 2})``): ``edm`` takes ``sigma_data``, ``min_snr`` takes ``gamma``,
 the others none. An unknown option key or an invalid value raises ValueError, as unknown
 config keys do; pass ``sigma_data`` only to ``edm``.
-- ``v``: lambda = SNR + 1, i.e. plain MSE on v (sigma_data = 1).
-- ``uniform``: lambda = 1, plain MSE on x0.
+
+SD3's logit-normal timestep distribution ``logit(t) ~ N(m, s^2)`` is exactly
+``LogNormalSigma(p_mean=m, p_std=s)``, since ``logit(t) = ln(t / (1 - t)) = ln sigma``; its
+resolution shift ``t' = a t / (1 + (a - 1) t)`` is ``sigma' = a sigma``, i.e. ``shift=a`` here
+(the same distribution as ``p_mean = m + ln a``).
 """
 
 from __future__ import annotations
@@ -88,6 +95,16 @@ def v_weight(sigma: Tensor) -> Tensor:
     return sigma**-2 + 1
 
 
+@_register_weighting("flow")
+def flow_weight(sigma: Tensor) -> Tensor:
+    """``((1 + sigma) / sigma)^2 = 1 / t^2``: plain MSE on the rectified-flow velocity. No options.
+
+    With ``t = sigma / (1 + sigma)`` and ``v = eps - x0``, any x0-prediction is ``x0_hat = x_t - t v_hat``,
+    so ``lambda |x0_hat - x0|^2 = |v_hat - v|^2`` exactly (Liu et al. 2022; Esser et al. 2024, eq. 2-3).
+    """
+    return ((1 + sigma) / sigma) ** 2
+
+
 @_register_weighting("uniform")
 def uniform_weight(sigma: Tensor) -> Tensor:
     """``1``: plain MSE on x0. No options."""
@@ -103,17 +120,33 @@ def _uniform(n: int, generator: torch.Generator | None, stratified: bool) -> Ten
 
 
 class LogNormalSigma:
-    """EDM's training distribution: ln sigma ~ N(p_mean, p_std^2) (EDM: -1.2, 1.2; EDM2: -0.4, 1.0)."""
+    """EDM's training distribution: ln sigma ~ N(p_mean, p_std^2) (EDM: -1.2, 1.2; EDM2: -0.4, 1.0).
 
-    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, stratified: bool = False):
+    It is also SD3's logit-normal distribution of the flow time ``t = sigma / (1 + sigma)``:
+    ``logit(t) = ln sigma``, so ``logit-normal(m, s)`` (Esser et al. 2024, sec. 3.1; their best,
+    ``rf/lognorm(0.00, 1.00)``) is ``LogNormalSigma(m, s)``.
+
+    Args:
+        p_mean, p_std: mean and standard deviation of ln sigma (``p_std`` > 0).
+        stratified: one uniform per interval ``[i/n, (i+1)/n)`` of the inverse CDF, shuffled.
+        shift: SD3's resolution shift ``t' = shift t / (1 + (shift - 1) t)`` (sec. 5.3.2), which is
+            ``sigma' = shift * sigma``: the same distribution as ``p_mean + ln(shift)``. Default 1
+            (none); must be > 0.
+
+    Calling it with ``(n, generator)`` returns n float64 sigmas, shape (n,). Raises ValueError for a
+    non-finite ``p_mean`` or a ``p_std`` or ``shift`` that is not a finite number > 0.
+    """
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, stratified: bool = False, shift: float = 1.0):
         self.p_mean = check_finite_number("p_mean", p_mean)
         self.p_std = check_finite_number("p_std", p_std, positive=True)
+        self.shift = check_finite_number("shift", shift, positive=True)
         self.stratified = stratified
 
     def __call__(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = _uniform(n, generator, self.stratified).clamp(1e-12, 1 - 1e-12)
         z = math.sqrt(2) * torch.erfinv(2 * u - 1)
-        return (self.p_mean + self.p_std * z).exp()
+        return (self.p_mean + math.log(self.shift) + self.p_std * z).exp()
 
 
 class VPUniformTSigma:
@@ -154,7 +187,7 @@ def denoising_loss(
 
     ``weighting`` is a ``WEIGHTINGS`` name or a callable ``(sigma, **weighting_opts)``;
     ``weighting_opts`` are that weighting's options (``edm``: ``sigma_data``;
-    ``min_snr``: ``gamma``; ``snr``, ``v``, ``uniform``: none).
+    ``min_snr``: ``gamma``; ``snr``, ``v``, ``flow``, ``uniform``: none).
 
     Returns a (B,) tensor; average it (or weight it further) to train. Raises
     ValueError for an unknown weighting or option key (naming the valid ones) and for

@@ -10,6 +10,8 @@ sampler is an explicit step to clean data.
 - ``vp_uniform``: uniform in the time of the continuous VP schedule
   (DDIM's uniform timestep spacing, started at the top as Lin et al. insist).
 - ``linear``: uniform in sigma (poor; kept as a baseline).
+- ``flow``: uniform in the rectified-flow time ``t = sigma / (1 + sigma)`` and then SD3's ``shift``
+  (diffusers' ``FlowMatchEulerDiscreteScheduler``), for flow models (any model samples with it).
 - :class:`WarpedSchedule`: any monotone warp of log sigma, which is how ebru's
   tuned schedules (:mod:`ebru.diffusion.tuning`) are stored and resized.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .flow import sigma_to_t, t_to_sigma
 from .noise import vp_continuous_sigma, vp_continuous_t
 from .registry import Registry
 from .tensors import check_finite_number
@@ -85,6 +88,27 @@ def linear(n: int, sigma_min: float, sigma_max: float) -> Tensor:
     """Uniform in sigma."""
     n, lo, hi = check_schedule_args(n, sigma_min, sigma_max)
     return _finish(hi + _ramp(n) * (lo - hi))
+
+
+@SCHEDULES.register("flow")
+def flow(n: int, sigma_min: float, sigma_max: float, shift: float = 1.0) -> Tensor:
+    """Uniform in flow time t, then shifted: diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps``.
+
+    diffusers takes ``t = linspace(1, t_min, n)`` and ``t' = shift t / (1 + (shift - 1) t)``
+    (Esser et al. 2024, sec. 5.3.2), i.e. ``sigma' = shift * sigma``. Here the levels are
+    ``shift * sigma(u)`` with u uniform in t between ``t(sigma_max / shift)`` and ``t(sigma_min / shift)``,
+    so that the shifted levels start at exactly ``sigma_max`` and reach exactly ``sigma_min`` (the
+    contract of every schedule). ``sigma_max`` stands in for diffusers' t = 1 (sigma = inf): at 80 the
+    first level is t = 80/81, and starting from pure noise there drops the ``(1 - t) x0`` term, 1/81 of
+    the data (the approximation ebru already makes for VP models). ``shift`` > 1 spends more steps at
+    high noise; it must be a finite number > 0, else ValueError.
+    """
+    n, lo, hi = check_schedule_args(n, sigma_min, sigma_max)
+    shift = check_finite_number("shift", shift, positive=True)
+    u_hi, u_lo = sigma_to_t(hi / shift), sigma_to_t(lo / shift)
+    levels = shift * t_to_sigma(u_hi + _ramp(n) * (u_lo - u_hi))
+    levels[0], levels[-1] = hi, lo if n > 1 else hi  # exact endpoints despite round-off
+    return _finish(levels)
 
 
 class WarpedSchedule:

@@ -1,7 +1,8 @@
 """The image task: EDM-style denoiser training on an image data set, and its model package.
 
 One global batch draws, from the trainer's generator: image indices, noise levels from
-EDM's log-normal (``p_mean``, ``p_std``; Karras et al. 2022, sec. 5), Gaussian noise, the
+EDM's log-normal (``p_mean``, ``p_std``; Karras et al. 2022, sec. 5; for a rectified-flow model,
+``prediction = weighting = "flow"``, it is SD3's logit-normal time), Gaussian noise, the
 labels dropped to the null class ``-1`` for classifier-free guidance (``cond_dropout``,
 Ho & Salimans 2022) and, with ``hflip``, horizontal flips. The loss is
 :func:`ebru.diffusion.denoising_loss` under the configured preconditioning and weighting.

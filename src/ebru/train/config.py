@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebru.checks import finite_number, positive_int, unknown_key_message
+from ebru.checks import finite_number, one_of, positive_int, unknown_key_message
+from ebru.diffusion import PREDICTIONS, WEIGHTINGS
 from ebru.diffusion.defaults import SAMPLING
 from ebru.tasks import TASKS
 from ebru.trust import TrustError, load_signing_key
 
-TABLES = ("model", "text", "encoder")  # nested tables that --set reaches with "table.key=value"
+TABLES = ("model", "text", "encoder", "distill")  # nested tables that --set reaches with "table.key=value"
 
 # The kind of every scalar key, checked by TrainConfig.validate before anything runs.
 _COUNTS = {"steps": 1, "batch_size": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "keep_checkpoints": 0,
@@ -62,8 +63,9 @@ class TrainConfig:
     # path and digest, max_length = tokens per prompt) and the prompts of the preview grids
     encoder: dict[str, Any] = field(default_factory=dict)
     sample_prompts: list[str] = field(default_factory=list)
-    prediction: str = "edm"  # eps | x0 | v | edm
-    sigma_data: float = 0.5
+    distill: dict[str, Any] = field(default_factory=dict)  # distillation tasks: teacher, grids (ebru.tasks.distill)
+    prediction: str = "edm"  # eps | x0 | v | edm | flow (rectified flow: velocity eps - x0)
+    sigma_data: float = 0.5  # edm/v/eps/x0 scalings and the edm weighting; flow ignores it
     sigma_min: float = SAMPLING.sigma_min
     sigma_max: float = SAMPLING.sigma_max
     p_mean: float = -1.2  # EDM log-normal training noise
@@ -148,9 +150,12 @@ class TrainConfig:
         need(0 < self.sigma_min < self.sigma_max, "need 0 < sigma_min < sigma_max")
         need(self.ema_halflife_images >= 0, "ema_halflife_images must be >= 0")
         TASKS[self.task]  # an unknown task name raises, naming the nearest registered one
+        one_of("prediction", self.prediction, PREDICTIONS)  # refused now, not after the data set has loaded
+        WEIGHTINGS[self.weighting]  # an unknown weighting raises, naming the nearest registered one
         need(isinstance(self.model, dict), "model must be a table of network settings")
         need(isinstance(self.text, dict), "text must be a table of text-model settings")
         need(isinstance(self.encoder, dict), "encoder must be a table of text-encoder settings (name, max_length)")
+        need(isinstance(self.distill, dict), "distill must be a table of distillation settings (teacher, ...)")
         need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
              f"sample_prompts must be a list of strings, got {self.sample_prompts!r}")
         need(self.sign_key is None or isinstance(self.sign_key, str),
