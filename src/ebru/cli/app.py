@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from ebru import __version__
 from ebru.checks import did_you_mean
 
-from . import image, text, trust
+from . import distill, image, text, trust
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
@@ -74,7 +74,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ebru`` parser: global flags, then one sub-command per group module (image, text, trust)."""
+    """The ``ebru`` parser: global flags, then one sub-command per group module (image, distill, text, trust)."""
     p = Parser(prog="ebru", description="ebru: diffusion models end to end, offline, on PyTorch.",
                epilog="Mistakes print one line and exit 2; Ctrl-C exits 130. --traceback (or EBRU_DEBUG=1) "
                       "shows the stack trace behind an error, for bug reports.")
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"on an error, print the stack trace before the one-line message (also: {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     image.register(sub)
+    distill.register(sub)
     text.register(sub)
     trust.register(sub)
     return p

@@ -4,6 +4,7 @@
 - :class:`TextToImagePipeline` (``text2image``): text-to-image models with their verified text encoder.
 - ``evaluate``, ``quickstart``, ``demo``, ``text``: the jobs behind ``ebru eval``, ``ebru quickstart``,
   ``ebru demo`` and ``ebru text``.
+- ``distill`` (:func:`ebru.pipelines.distill.distill`): few-step students of image models (``ebru distill``).
 """
 
 from .image import ImagePipeline

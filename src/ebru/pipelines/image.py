@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from torch import Tensor
 from ebru.data.grid import save_image_atomically, to_uint8
 from ebru.diffusion import Precond, sample
 from ebru.diffusion.defaults import SAMPLING
+from ebru.diffusion.distill import GridSchedule, GuidanceInput
 from ebru.nets import build_net
 from ebru.trust.manifest import CONFIG as MODEL_CONFIG
 
@@ -44,10 +46,22 @@ def read_model_dir(model_dir: str | Path | LoadedModel,
     return config, model.weights
 
 
+def guidance_input(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A distilled student's ``guidance_input`` record (features, range, default), or None."""
+    distilled = config.get("distilled")
+    return distilled.get("guidance_input") if isinstance(distilled, dict) else None
+
+
+def distilled_guidance(config: dict[str, Any]) -> float | None:
+    """The guidance scale distilled into a student's weights (a fixed scale), or None."""
+    distilled = config.get("distilled")
+    return distilled.get("guidance") if isinstance(distilled, dict) else None
+
+
 class ImagePipeline:
     """A trained image denoiser plus its sampling defaults and class names."""
 
-    def __init__(self, denoiser: Precond, config: dict[str, Any], device: torch.device):
+    def __init__(self, denoiser: Precond | GuidanceInput, config: dict[str, Any], device: torch.device):
         self.denoiser = denoiser
         self.config = config
         self.device = device
@@ -70,7 +84,10 @@ class ImagePipeline:
         dev = torch.device(device)
         net = net.to(dev).eval()
         p = config.get("precond", {})
-        return cls(Precond(net, p.get("prediction", "edm"), p.get("sigma_data")), config, dev)
+        denoiser = Precond(net, p.get("prediction", "edm"), p.get("sigma_data"))
+        if gi := guidance_input(config):  # a distilled student that takes the guidance scale as an input
+            denoiser = GuidanceInput(denoiser, gi["default"], gi["features"])
+        return cls(denoiser, config, dev)
 
     def class_index(self, c: int | str) -> int:
         """A class by index or by (case-insensitive) name."""
@@ -92,10 +109,38 @@ class ImagePipeline:
         """The sampling settings a call uses: each argument given, else the model's, else ebru's defaults.
 
         ``None`` means "not given"; any other value (``0`` included) is used as given and checked by ``sample``.
+        A distilled student (``config["distilled"]``) sampled at its own step count without a given schedule
+        gets the exact grid it was made for, as a :class:`~ebru.diffusion.distill.GridSchedule`.
         """
         s = {**SAMPLING.to_dict(), **self.config.get("sampling", {})}
         given = {"sampler": sampler, "steps": num_inference_steps, "schedule": schedule}
-        return {**s, **{k: v for k, v in given.items() if v is not None}}
+        setting = {**s, **{k: v for k, v in given.items() if v is not None}}
+        distilled = self.config.get("distilled")
+        if isinstance(distilled, dict) and schedule is None and setting["steps"] == distilled.get("steps"):
+            # a distilled student samples the exact grid it was made for (not an ordinary n-step schedule)
+            setting["schedule"] = GridSchedule(distilled["sigmas"], name=f"distilled {setting['schedule']}")
+        return setting
+
+    def distilled_warning(self, setting: dict[str, Any]) -> str | None:
+        """The one-line warning for a distilled student sampled otherwise than it was made for, else None.
+
+        ``setting`` is what :meth:`sampling` returned. A student is made for its sampler (``euler``, whose
+        step ``ddim`` at eta 0 repeats exactly), its step count and its grid.
+        """
+        d = self.config.get("distilled")
+        if not isinstance(d, dict):
+            return None
+        made_for = {d.get("sampler"), *(("euler", "ddim") if d.get("sampler") in ("euler", "ddim") else ())}
+        sampler = getattr(setting["sampler"], "__name__", setting["sampler"])
+        other = [f"sampler {sampler}"] if sampler not in made_for else []
+        if setting["steps"] != d.get("steps"):
+            other.append(f"{setting['steps']} steps")
+        elif not isinstance(setting["schedule"], GridSchedule):
+            other.append(f"schedule {getattr(setting['schedule'], 'name', setting['schedule'])}")
+        if not other:
+            return None
+        return (f"this model was distilled ({d.get('method')}) for {d.get('steps')} {d.get('sampler')} steps on its "
+                f"own grid; {' and '.join(other)} will not give the samples it was trained for")
 
     def __call__(self, n: int = 1, *, class_labels: Sequence[int | str] | int | str | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
@@ -110,6 +155,10 @@ class ImagePipeline:
         class-conditional model without labels, classes cycle 0, 1, 2, ...
         ``guidance_interval``: ``(sigma_lo, sigma_hi)``: guide only for sigma in (lo, hi] (Kynkaanniemi
         et al. 2024); refused for a model without classes (there is nothing to guide).
+        A distilled student that takes the guidance scale as an input (``distilled.guidance_input``) reads
+        ``guidance_scale`` (default: its own) through its network, one call per step, and warns outside the
+        scales it was trained on; any distilled student warns (one line) when sampled with another sampler,
+        step count or schedule than it was made for.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"number of images must be an integer >= 1, got {n!r}")
@@ -131,7 +180,23 @@ class ImagePipeline:
             raise ValueError("this model is not class-conditional; drop --class")
         if guidance_interval is not None and guidance is None:
             raise ValueError("a guidance interval needs a conditional model (this one has no classes); drop it")
+        if (gi := guidance_input(self.config)) and guidance is not None:
+            # the student's network reads the scale: one call per step, no classifier-free guidance on top
+            if guidance_interval is not None:
+                raise ValueError("this distilled model takes the guidance scale as an input, so it cannot guide "
+                                 "only within an interval; drop the guidance interval")
+            lo, hi = gi["range"]
+            if not lo <= guidance <= hi:
+                warnings.warn(f"this model was distilled for guidance scales {lo:g} to {hi:g}; {guidance:g} is "
+                              "outside them", UserWarning, stacklevel=2)
+            cond["guidance"] = torch.full((n,), float(guidance), device=self.device)
+            guidance = None
+        elif guidance_scale is not None and guidance_scale != 1.0 and (baked := distilled_guidance(self.config)):
+            warnings.warn(f"this model has guidance {baked:g} distilled in; guidance {guidance_scale:g} is applied on "
+                          "top of it (two network calls per step)", UserWarning, stacklevel=2)
         setting = self.sampling(sampler, num_inference_steps, schedule)
+        if (note := self.distilled_warning(setting)) is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
         return sample(
             self.denoiser, (n, *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"], seeds=seeds,

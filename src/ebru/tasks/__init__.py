@@ -3,6 +3,8 @@
 - ``image`` (:class:`ImageTask`): EDM-style denoiser training on images (every image recipe).
 - ``text2image`` (:class:`TextToImageTask`): the same denoiser conditioned on captions through a
   frozen, verified text encoder (``ebru.encoders``), with caption dropout for guidance.
+- ``progressive_distill`` (:class:`ProgressiveDistillTask`): one round of progressive distillation of an
+  image model (the student takes N steps where its frozen teacher takes 2N); ``ebru distill`` runs the rounds.
 - ``text`` (:class:`TextTask`): masked, uniform-noise or block diffusion language models, or the
   autoregressive baseline, on a text corpus.
 
@@ -12,8 +14,10 @@ with ``@TASKS.register("name")``, plus its import below.
 """
 
 from .base import TASKS, Task, TrainState, code_revision
+from .distill import ProgressiveDistillTask
 from .image import ImageTask
 from .text import TextTask
 from .text2image import TextToImageTask
 
-__all__ = ["TASKS", "ImageTask", "Task", "TextTask", "TextToImageTask", "TrainState", "code_revision"]
+__all__ = ["TASKS", "ImageTask", "ProgressiveDistillTask", "Task", "TextTask", "TextToImageTask", "TrainState",
+           "code_revision"]

@@ -173,13 +173,15 @@ def write_trained_package(path: str | os.PathLike, config: dict[str, Any], weigh
                           provenance: dict[str, Any] | None = None, *,
                           sign_key: SigningKey | str | os.PathLike | None = None,
                           metadata: dict[str, str] | None = None,
-                          extra_files: dict[str, bytes] | None = None) -> Path:
+                          extra_files: dict[str, bytes] | None = None,
+                          lineage: list[dict[str, Any]] | None = None) -> Path:
     """:func:`write_package` for the end of a training run: the trained weights are never lost to a key problem.
 
     A ``sign_key`` that cannot be used (missing, not a private key, wrong passphrase, expired)
     still writes the package, unsigned, then raises a one-line ``ValueError`` that names the key
     problem and says how to sign the package afterwards. Everything else is as :func:`write_package`;
-    in particular the training config's ``sign_key`` is recorded as the key's ID, never its path.
+    in particular the training config's ``sign_key`` is recorded as the key's ID, never its path, and
+    ``lineage`` is the base package's for a run that starts from one (a distilled student).
     """
     path = Path(path)
     key_error: TrustError | None = None
@@ -191,7 +193,7 @@ def write_trained_package(path: str | os.PathLike, config: dict[str, Any], weigh
             except TrustError as e:
                 key_error = e
         _write(op, path, config, weights, card, provenance, key=key, key_paths=[sign_key] if sign_key else [],
-               metadata=metadata, lineage=None, extra_files=extra_files,
+               metadata=metadata, lineage=lineage, extra_files=extra_files,
                unsigned_because=key_error.reason if key_error else None)
     if key_error is not None:
         raise ValueError(f"the model was written to {path} but not signed ({key_error}); sign it with "

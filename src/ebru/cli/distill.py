@@ -1,0 +1,89 @@
+"""``ebru distill``: a few-step student of a trained image model (a thin shell over :mod:`ebru.pipelines.distill`).
+
+    ebru distill TEACHER_DIR --steps N --out DIR [--method progressive] [--time-budget MIN] [--resume]
+
+Only ``progressive`` is implemented; ``consistency`` and ``reflow`` are accepted names that say so in
+one line. Every argument is checked while the command line is parsed; the teacher (its package, its
+signature and licence, the step counts it allows) right after, before any training.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import argtypes
+from .options import add_trust_flags, load_options
+
+METHODS = ("progressive", "consistency", "reflow")  # = ebru.diffusion.distill.DISTILL_METHODS (no torch at start-up)
+
+
+def _minutes(text: str) -> float:
+    value = argtypes.finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 minutes, got {text!r}")
+    return value
+
+
+def _guidance(text: str) -> float | tuple[float, float]:
+    """``W`` (one scale, distilled in) or ``LO,HI`` (a range of scales the student takes as an input)."""
+    if "," not in text:
+        return argtypes.finite_float(text)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected W or LO,HI, got {text!r}")
+    lo, hi = (argtypes.finite_float(p) for p in parts)
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
+    return lo, hi
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from ebru.pipelines.distill import distill
+
+    trust = load_options(args)
+    model = distill(args.teacher_dir, method=args.method, steps=args.steps, out=args.out,
+                    time_budget=args.time_budget, resume=args.resume, teacher_steps=args.teacher_steps,
+                    guidance=args.guidance, data=args.data, steps_per_round=args.steps_per_round,
+                    overrides=args.set, sign_key=args.sign_key, progress=True, **trust)
+    print(f"student: {model}\nrounds:  {args.out}/round-*/ (log.csv, samples/)\n"
+          f"next:    ebru sample {model} -n 16 --grid student.png")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``ebru distill`` to the ``ebru`` parser."""
+    p = sub.add_parser(
+        "distill", help="distil an image model into a few-step student (progressive distillation)",
+        usage="ebru distill TEACHER_DIR --steps N --out DIR [--method progressive] [--time-budget MIN] "
+              "[--resume] [options]",
+        description="Distil a trained image model into a student that samples in N steps. Progressive "
+                    "distillation (Salimans & Ho 2022) halves the teacher's Euler steps once per round "
+                    "(32 -> 16 -> ... -> N); the student is a model package whose card names the teacher as "
+                    "its base model and whose sampling defaults are those N steps.")
+    p.add_argument("teacher_dir", metavar="TEACHER_DIR", help="a trained ebru image-diffusion package")
+    p.add_argument("--method", default="progressive", type=argtypes.one_of("method", METHODS), metavar="M",
+                   help="progressive (default); consistency and reflow are not implemented yet")
+    p.add_argument("--steps", required=True, type=argtypes.positive_int, metavar="N",
+                   help="the student's step count: the teacher's halved one or more times (e.g. 4)")
+    p.add_argument("--out", required=True, type=argtypes.output_dir, metavar="DIR",
+                   help="run directory: one Trainer run per round, the student in DIR/model")
+    p.add_argument("--time-budget", type=_minutes, default=None, metavar="MIN",
+                   help="minutes for all rounds together, split evenly (default: --steps-per-round steps each)")
+    p.add_argument("--resume", action="store_true", help="continue the distillation in --out")
+    p.add_argument("--teacher-steps", type=argtypes.positive_int, default=None, metavar="K",
+                   help="the teacher's Euler steps that round 1 halves (default: the largest power of two <= the "
+                        "teacher's sampling steps)")
+    p.add_argument("--guidance", type=_guidance, default=None, metavar="LO,HI|W",
+                   help="class-conditional teachers: the range of guidance scales the student takes as an input "
+                        "(default 1,2w for the teacher's scale w), or one scale W distilled into its weights")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="the teacher's training data (a data set name or folder; default: the one its package "
+                        "records)")
+    p.add_argument("--steps-per-round", type=argtypes.positive_int, default=None, metavar="K",
+                   help="training steps per round (default 2000, or as many as the time budget allows)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training setting of every round, e.g. --set lr=1e-4 --set batch_size=64 "
+                        "--set device=cuda")
+    p.add_argument("--sign-key", default=None, metavar="K", help="sign the student (and every round's) package")
+    add_trust_flags(p, title="trust of the teacher (see docs/security.md)")
+    p.set_defaults(func=_cmd_distill, flush_denormal=True)
