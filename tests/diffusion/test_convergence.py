@@ -111,7 +111,7 @@ def test_empirical_order_on_gaussian(gaussian_problem, sampler, opts, order, ns,
 def test_registry_orders_are_the_documented_ones():
     assert {name: SAMPLERS[name].order for name in SAMPLERS} == {
         "euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc": 3,
-        "ddpm": 0, "dpmpp_2m_sde": 0, "dpmpp_3m_sde": 0,
+        "ddpm": 0, "dpmpp_2m_sde": 0, "dpmpp_3m_sde": 0, "consistency": 0,
     }
 
 

@@ -21,7 +21,13 @@ import ebru.pipelines.distill as distill_module
 from ebru.cli import main
 from ebru.cli.distill import METHODS
 from ebru.diffusion import SAMPLERS, get_sigmas
-from ebru.diffusion.distill import DISTILL_METHODS, GUIDANCE_FEATURES, GridSchedule, guidance_features
+from ebru.diffusion.distill import (
+    DISTILL_METHODS,
+    GUIDANCE_FEATURES,
+    IMPLEMENTED_METHODS,
+    GridSchedule,
+    guidance_features,
+)
 from ebru.nets import build_net
 from ebru.pipelines import ImagePipeline
 from ebru.pipelines.distill import distill
@@ -328,7 +334,7 @@ def test_an_unsigned_teacher_is_refused_where_signatures_are_required(teacher, t
     (["--steps", "4"], r"one of 2, 1; got 4"),
     (["--steps", "2", "--teacher-steps", "6"], r"halves the teacher's 6 steps .* one of 3; got 2"),
     (["--steps", "1", "--time-budget", "0.0001"], r"time budget of 0.0001 min is too small for one round: 2 round"),
-    (["--steps", "2", "--method", "consistency"], r"distillation method 'consistency' is not implemented yet"),
+    (["--steps", "2", "--method", "reflow"], r"distillation method 'reflow' is not implemented yet"),
     (["--steps", "2", "--method", "progresive"], r"did you mean 'progressive'"),
     (["--steps", "2", "--guidance", "nan"], r"--guidance: must be finite"),
     (["--steps", "2", "--guidance", "3,1"], r"--guidance: expected LO < HI"),
@@ -343,6 +349,7 @@ def test_bad_counts_budgets_and_methods_are_refused_in_one_line(teacher, tmp_pat
 
 def test_the_cli_methods_are_the_libraries():
     assert METHODS == DISTILL_METHODS
+    assert set(distill_module.PLANNERS) == set(IMPLEMENTED_METHODS)  # every method that runs has its plan of rounds
 
 
 def test_a_time_budget_is_split_evenly_between_the_rounds(teacher, tmp_path, capsys, monkeypatch):

@@ -35,9 +35,9 @@ takes the scale as an input (LCM's w-conditioning, Luo et al. 2023) is a :class:
 :func:`guidance_features` enter its network's pooled-vector input, whose last layer starts at zero, so the
 student starts as exactly the teacher and needs one network call per step instead of two.
 
-Methods. :data:`DISTILL_METHODS` names the methods ``ebru distill`` knows; only progressive distillation
-is implemented (:data:`IMPLEMENTED_METHODS`); consistency tuning and reflow come next, as functions here
-plus a task beside ``ebru.tasks.distill``.
+Methods. :data:`DISTILL_METHODS` names the methods ``ebru distill`` knows; :data:`IMPLEMENTED_METHODS` those it
+runs: progressive distillation (here) and consistency tuning / distillation (:mod:`ebru.diffusion.consistency`,
+which reuses :func:`ddim_step` as consistency distillation's teacher step); reflow is named, not wired in yet.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from .loss import WEIGHTINGS
 from .tensors import sigma_batch, sigma_view
 
 DISTILL_METHODS = ("progressive", "consistency", "reflow")
-IMPLEMENTED_METHODS = ("progressive",)
+IMPLEMENTED_METHODS = ("progressive", "consistency")
 TRUNCATED_SNR = "truncated_snr"
 
 

@@ -46,8 +46,9 @@ from torch import Tensor
 
 from ebru.checks import positive_int
 
+from .defaults import SAMPLING
 from .registry import Registry
-from .tensors import Generator, randn_like, sigma_batch
+from .tensors import Generator, check_finite_number, randn_like, sigma_batch
 
 SAMPLERS = Registry("sampler")
 
@@ -361,6 +362,39 @@ def dpmpp_3m(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None
 SAMPLERS.register("dpmpp_3m_sde", nfe=_nfe_n, order=0, stochastic=True)(
     lambda denoiser, x, sigmas, *, eta=1.0, **kw: dpmpp_3m(denoiser, x, sigmas, eta=eta, **kw)
 )
+
+
+@SAMPLERS.register("consistency", nfe=_nfe_n, order=0, stochastic=True)
+def consistency(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator = None, callback: Callback = None,
+                sigma_min: float = SAMPLING.sigma_min) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1). NFE = n.
+
+    ``denoiser`` is a consistency function ``f(x, sigma)`` (:class:`~ebru.diffusion.consistency.ConsistencyDenoiser`),
+    which maps a point at any level to its trajectory's point at ``sigma_min``. Each step evaluates ``f`` and
+    noises the result again to the next level: ``x = f(x, sigma_i)``, then
+    ``x = x + sqrt(sigma_{i+1}^2 - sigma_min^2) z`` unless ``sigma_{i+1} = 0``, where the result is ``f``'s
+    output. One step (``[sigma_max, 0]``) is one call of ``f``; ECT samples ``[80, 0.821, 0]``. With an
+    ordinary denoiser it is "denoise, then noise again" (a restart sampler). A repeated level is skipped.
+
+    Raises ValueError for a level between 0 and ``sigma_min`` (it cannot be noised to) or a bad ``sigma_min``.
+    """
+    sigma_min = check_finite_number("sigma_min", sigma_min)
+    if sigma_min < 0:
+        raise ValueError(f"sigma_min must be >= 0, got {sigma_min:g}")
+    x = _prepare(x)
+    sigmas, steps = check_sigmas(sigmas, x)
+    low = [i for i in steps if 0 < float(sigmas[i + 1]) < sigma_min]
+    if low:
+        raise ValueError(f"the consistency sampler noises to each level with sqrt(sigma^2 - sigma_min^2): "
+                         f"sigmas[{low[0] + 1}] = {float(sigmas[low[0] + 1]):g} is below sigma_min = {sigma_min:g}")
+    for i in steps:
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = _call(denoiser, x, s)
+        x = denoised
+        if not bool(s_next == 0):
+            x = denoised + (s_next**2 - sigma_min**2).sqrt() * randn_like(x, generator)
+        _report(callback, i, x, s, s_next, denoised)
+    return x
 
 
 def _unipc_coefficients(rks: Tensor, h: Tensor, variant: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ebru.data.grid import save_image_atomically, to_uint8
 from ebru.diffusion import Precond, sample
+from ebru.diffusion.consistency import ConsistencyDenoiser
 from ebru.diffusion.defaults import SAMPLING
 from ebru.diffusion.distill import GridSchedule, GuidanceInput
 from ebru.nets import build_net
@@ -85,6 +86,9 @@ class ImagePipeline:
         net = net.to(dev).eval()
         p = config.get("precond", {})
         denoiser = Precond(net, p.get("prediction", "edm"), p.get("sigma_data"))
+        cm = config["distilled"].get("consistency") if isinstance(config.get("distilled"), dict) else None
+        if isinstance(cm, dict):  # a consistency student: its network inside the consistency parameterisation
+            denoiser = ConsistencyDenoiser(denoiser, cm["sigma_min"], cm["sigma_data"])
         if gi := guidance_input(config):  # a distilled student that takes the guidance scale as an input
             denoiser = GuidanceInput(denoiser, gi["default"], gi["features"])
         return cls(denoiser, config, dev)
@@ -134,7 +138,8 @@ class ImagePipeline:
         sampler = getattr(setting["sampler"], "__name__", setting["sampler"])
         other = [f"sampler {sampler}"] if sampler not in made_for else []
         if setting["steps"] != d.get("steps"):
-            other.append(f"{setting['steps']} steps")
+            if not d.get("any_steps"):  # a consistency student samples any step count
+                other.append(f"{setting['steps']} steps")
         elif not isinstance(setting["schedule"], GridSchedule):
             other.append(f"schedule {getattr(setting['schedule'], 'name', setting['schedule'])}")
         if not other:

@@ -5,6 +5,8 @@
   frozen, verified text encoder (``ebru.encoders``), with caption dropout for guidance.
 - ``progressive_distill`` (:class:`ProgressiveDistillTask`): one round of progressive distillation of an
   image model (the student takes N steps where its frozen teacher takes 2N); ``ebru distill`` runs the rounds.
+- ``consistency_distill`` (:class:`ConsistencyDistillTask`): consistency tuning (ECT) of an image model, or
+  consistency distillation of a guided one: a student that samples in one step or a few (``ebru distill``).
 - ``text`` (:class:`TextTask`): masked, uniform-noise or block diffusion language models, or the
   autoregressive baseline, on a text corpus.
 
@@ -14,10 +16,12 @@ with ``@TASKS.register("name")``, plus its import below.
 """
 
 from .base import TASKS, Task, TrainState, code_revision
-from .distill import ProgressiveDistillTask
+from .consistency import ConsistencyDistillTask
+from .distill import DistillTask, ProgressiveDistillTask
 from .image import ImageTask
+from .reflow import ReflowTask as ReflowTask  # registers "reflow" (reflow of flow models, ebru.tasks.reflow)
 from .text import TextTask
 from .text2image import TextToImageTask
 
-__all__ = ["TASKS", "ImageTask", "ProgressiveDistillTask", "Task", "TextTask", "TextToImageTask", "TrainState",
-           "code_revision"]
+__all__ = ["TASKS", "ConsistencyDistillTask", "DistillTask", "ImageTask", "ProgressiveDistillTask", "Task", "TextTask",
+           "TextToImageTask", "TrainState", "code_revision"]

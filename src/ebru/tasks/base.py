@@ -15,7 +15,9 @@ checkpoints, logs, devices and DDP. A *task* owns everything about what is train
 
 Because ``draw`` sees the global batch and ``loss`` a slice of it, results depend on the global
 batch only: not on the number of devices nor on gradient accumulation. The Trainer's state
-reaches a task only as a :class:`TrainState` passed in; a task never holds the Trainer.
+reaches a task only as a :class:`TrainState` passed in; a task never holds the Trainer. A task
+whose draws follow training progress may define ``set_progress(step, items_seen)``: the Trainer
+calls it before each ``draw`` (resumed runs included), with the counters of the step to come.
 
 A task class is registered in ``ebru.tasks.TASKS`` under the name a recipe gives as
 ``task = "..."``, and is built as ``TASKS[name](cfg, device, data=None, is_main=True)``: ``cfg``

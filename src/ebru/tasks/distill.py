@@ -1,5 +1,10 @@
 """The distillation tasks: a student that samples in few steps what its frozen teacher samples in many.
 
+:class:`DistillTask` is what every distillation task shares: the teacher (verified, checked, frozen and,
+for a class-conditional teacher, guided), the student (the teacher's network at its weights), the draws
+and conditions every method needs, previews, and the student package. A method subclasses it
+(``progressive_distill`` here, ``consistency_distill`` in :mod:`ebru.tasks.consistency`).
+
 ``progressive_distill`` (:class:`ProgressiveDistillTask`) is one round of progressive distillation
 (Salimans & Ho 2022; the math is :mod:`ebru.diffusion.distill`): the teacher takes 2N deterministic
 DDIM steps, the student learns to take N. The student starts as the teacher: the same network, built
@@ -21,7 +26,8 @@ LayerNorm, an MLP whose last layer starts at zero, added to the noise embedding)
 the teacher. A single scale instead (``guidance = W``) is distilled into the weights. A text-to-image
 teacher is refused (not implemented yet).
 
-Settings, the run config's ``[distill]`` table (unknown keys are refused):
+Settings, the run config's ``[distill]`` table (unknown keys are refused; ``teacher_steps`` and
+``weighting`` are progressive distillation's, the other keys every method's):
 
 =================  =====================================================================================
 ``teacher``        the teacher package directory (required); loaded through ``ebru.load``
@@ -74,8 +80,9 @@ from .base import TASKS, TrainState, code_revision
 from .image import NULL_LABEL, ImageTask
 
 DISTILLED_SAMPLER = "euler"  # the deterministic DDIM step of the math, = ebru's euler (and ddim at eta 0)
+COMMON_KEYS = ("teacher", "schedule", "guidance", "policy", "trusted_keys", "allow_unsigned", "acknowledge", "quiet")
 _KEYS = ("teacher", "teacher_steps", "schedule", "weighting", "guidance",
-         "policy", "trusted_keys", "allow_unsigned", "acknowledge", "quiet")
+         "policy", "trusted_keys", "allow_unsigned", "acknowledge", "quiet")  # progressive distillation's
 
 
 @dataclass(frozen=True)
@@ -94,11 +101,15 @@ class DistillSettings:
     quiet: bool = False
 
     @classmethod
-    def from_table(cls, table: dict[str, Any]) -> DistillSettings:
-        """Raises ValueError (one line) for an unknown key, a missing teacher or a value of the wrong kind."""
+    def from_table(cls, table: dict[str, Any], keys: tuple[str, ...] = _KEYS) -> DistillSettings:
+        """The settings of ``table``, whose keys must be among ``keys`` (default: progressive distillation's).
+
+        Raises ValueError (one line) for an unknown key, a missing teacher or a value of the wrong kind.
+        A method with keys of its own passes them in ``keys`` and reads them itself.
+        """
         for key in table:
-            if key not in _KEYS:
-                raise ValueError(unknown_key_message(key, _KEYS, "distill"))
+            if key not in keys:
+                raise ValueError(unknown_key_message(key, keys, "distill"))
         teacher = table.get("teacher")
         if not isinstance(teacher, str) or not teacher:
             raise ValueError("distill.teacher must name the teacher's model package directory")
@@ -137,11 +148,13 @@ class DistillSettings:
 
 
 # ---------------------------------------------------------------------------------------- the teacher
-def check_teacher(model: LoadedModel) -> dict[str, Any]:
-    """The config of a verified package that can be distilled; raises ValueError (one line) for any other.
+def check_teacher(model: LoadedModel, method: str = "progressive") -> dict[str, Any]:
+    """The config of a verified package that ``method`` can distil; raises ValueError (one line) for any other.
 
     Refused: a package that is not an ebru image-diffusion model (a text model, weights from
-    elsewhere), and a text-to-image model (its distillation is not implemented yet).
+    elsewhere), a text-to-image model (its distillation is not implemented yet), a consistency student
+    (a consistency function, not a denoiser: no method can use it as a teacher) and, for consistency
+    distillation, any distilled student (consistency tuning starts from a diffusion model).
     """
     config = model.config
     where = model.path / CONFIG
@@ -154,6 +167,15 @@ def check_teacher(model: LoadedModel) -> dict[str, Any]:
     if config.get("text_encoder"):
         raise ValueError(f"{model.path}: a text-to-image model; distilling text-to-image teachers is not "
                          "implemented yet (class-conditional and unconditional teachers are)")
+    distilled = config.get("distilled")
+    if isinstance(distilled, dict):
+        made = distilled.get("method")
+        if made == "consistency":
+            raise ValueError(f"{model.path}: a consistency student (a consistency function, not a denoiser) cannot "
+                             "be a teacher; distil its teacher instead")
+        if method == "consistency":
+            raise ValueError(f"{model.path}: a {made} student; consistency distillation starts from a diffusion "
+                             "model: distil its teacher instead")
     return config
 
 
@@ -279,13 +301,15 @@ def teacher_grid(config: dict[str, Any], steps: int | None = None, schedule: str
     return grid
 
 
-def teacher_record(model: LoadedModel, config: dict[str, Any], steps: int, schedule: str) -> dict[str, Any]:
-    """What a student records of its *first* teacher: a distilled teacher passes its own record on."""
+def teacher_record(model: LoadedModel, config: dict[str, Any], steps: int, schedule: str,
+                   sampler: str = DISTILLED_SAMPLER) -> dict[str, Any]:
+    """What a student records of its *first* teacher (the ``steps``-step ``sampler`` it stands in for): a
+    distilled teacher passes its own record on."""
     distilled = config.get("distilled")
     if isinstance(distilled, dict) and isinstance(distilled.get("teacher"), dict):
         return dict(distilled["teacher"])
     return {"name": teacher_name(model), "manifest_sha256": model.manifest_sha256, "steps": steps,
-            "sampler": DISTILLED_SAMPLER, "schedule": schedule,
+            "sampler": sampler, "schedule": schedule,
             "license": model.card.license}
 
 
@@ -317,11 +341,12 @@ def student_card(config: dict[str, Any], teacher: LoadedModel, base_model: list[
     guided = (f" with the classifier-free guidance scale as an input (trained on {gi['range'][0]:g} to "
               f"{gi['range'][1]:g}, default {gi['default']:g}; one network call per step)" if gi else
               f" with classifier-free guidance {d['guidance']:g} distilled in" if d.get("guidance") is not None else "")
+    made_by = d.get("made_by", f"{d['method']} distillation")
     body = [
         "# ebru distilled image diffusion model",
         "",
         f"A {d['steps']}-step student of `{d['teacher']['name']}` (its {d['teacher']['steps']}-step "
-        f"{d['teacher']['sampler']} sampler){guided}, made by {d['method']} distillation with ebru "
+        f"{d['teacher']['sampler']} sampler){guided}, made by {made_by} with ebru "
         f"{config['ebru_version']} ({t['steps']} steps, {t['images_seen']} images, {t['minutes']} minutes in "
         f"this round). Its licence and obligations are the teacher's.",
         "",
@@ -333,32 +358,39 @@ def student_card(config: dict[str, Any], teacher: LoadedModel, base_model: list[
     return "\n".join(front) + "\n".join(body)
 
 
-# ---------------------------------------------------------------------------------------- the task
-@TASKS.register("progressive_distill")
-class ProgressiveDistillTask(ImageTask):
-    """One round of progressive distillation: a student takes N steps where its teacher takes 2N.
+# ---------------------------------------------------------------------------------------- the tasks
+class DistillTask(ImageTask):
+    """What every distillation task shares: teacher, student, draws, previews and the student package.
 
     Args:
-        cfg: the run's ``TrainConfig``; reads the ``[distill]`` table (module docstring) and what
-            :class:`ImageTask` reads for the data (``data``, ``image_size``, ``hflip``, ``cond_dropout``),
-            ``license`` is ignored (the student carries the teacher's), ``sign_key`` signs the student.
+        cfg: the run's ``TrainConfig``; reads the ``[distill]`` table (module docstring; a method adds keys
+            of its own) and what :class:`ImageTask` reads for the data (``data``, ``image_size``, ``hflip``,
+            ``cond_dropout``), ``license`` is ignored (the student carries the teacher's), ``sign_key`` signs
+            the student.
         device: where the images, the teacher and the student live.
         data: an ``ImageDataset`` to use instead of ``cfg.data`` (the teacher's training data, normally).
         is_main: print the data report (main process only).
 
-    Raises ValueError (one line) for a teacher that is not an ebru image-diffusion package, one the
-    licence policy or signature check refuses (``ebru.trust``'s errors), data that does not fit the
-    teacher, or a teacher step count that cannot be halved.
+    A method subclasses it and sets ``name`` (its ``TASKS`` entry), ``method``, ``sampler`` (what its student
+    samples with), ``keys`` (its ``[distill]`` keys); it implements :meth:`setup` (its own settings, before the
+    teacher is frozen), :meth:`draw_levels` (its noise levels), :meth:`loss`, :attr:`steps`,
+    :meth:`grid_schedule` and :meth:`distilled_record`, and may override :meth:`denoiser` and
+    :meth:`wants_teacher`.
+
+    Raises ValueError (one line) for a teacher that is not an ebru image-diffusion package (or that the method
+    cannot distil), one the licence policy or signature check refuses (``ebru.trust``'s errors), or data that
+    does not fit the teacher.
     """
 
-    name = "progressive_distill"
     unit = "images"
-    method = "progressive"
+    method = ""
+    sampler = DISTILLED_SAMPLER
+    keys: tuple[str, ...] = _KEYS
 
     def __init__(self, cfg: Any, device: torch.device, data: Any = None, is_main: bool = True):
-        self.settings = DistillSettings.from_table(cfg.distill)
+        self.settings = DistillSettings.from_table(cfg.distill, self.keys)
         self.teacher_model = load(self.settings.teacher, **self.settings.load_options())
-        self.teacher_config = check_teacher(self.teacher_model)
+        self.teacher_config = check_teacher(self.teacher_model, self.method)
         tc = self.teacher_config
         if data is not None:  # before ImageTask reads the data against the network config
             check_data(tc, data)
@@ -367,11 +399,7 @@ class ProgressiveDistillTask(ImageTask):
         self.conditional = bool(tc.get("num_classes"))
         self.precond = {"prediction": "edm", **tc.get("precond", {})}
         self.sampling_range = {**SAMPLING.to_dict(), **tc.get("sampling", {})}
-        self.teacher_sigmas = teacher_grid(tc, self.settings.teacher_steps, self.settings.schedule)
-        self.student_sigmas = student_sigmas(self.teacher_sigmas)
-        self.schedule = self.settings.schedule or self.sampling_range.get("schedule", "karras")
-        if self.schedule not in SCHEDULES:
-            self.schedule = "karras"
+        self.setup()
         self.guidance = plan_guidance(self.settings.guidance, tc, self.conditional)
         self.net_config = dict(tc["net"])  # the student is the teacher's network ...
         if self.guidance.mode == "input" and not isinstance(tc.get("distilled"), dict):
@@ -379,13 +407,42 @@ class ProgressiveDistillTask(ImageTask):
                 raise ValueError(f"{self.teacher_model.path}: the teacher's network already has a pooled input, so "
                                  "the guidance scale cannot become the student's input; distil a fixed scale W")
             self.net_config["pooled_dim"] = GUIDANCE_FEATURES  # ... plus a zero-initialised input for w
-        self.teacher = self._frozen_teacher()
+        self.teacher = self._frozen_teacher() if self.wants_teacher() else None
+
+    # ---------------------------------------------------------------------------------------- a method's parts
+    def setup(self) -> None:
+        """Read the method's own settings (called before the guidance plan and the teacher)."""
+
+    def wants_teacher(self) -> bool:
+        """Whether the loss calls the frozen teacher (default: yes)."""
+        return True
 
     @property
     def steps(self) -> int:
         """The student's step count N."""
-        return len(self.student_sigmas) - 1
+        raise NotImplementedError
 
+    def grid_schedule(self) -> GridSchedule:
+        """The student's grid as a step schedule (what its package's sampling uses)."""
+        raise NotImplementedError
+
+    def draw_levels(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """The method's noise levels of one global batch, drawn after the image indices."""
+        raise NotImplementedError
+
+    def distilled_record(self, state: TrainState) -> dict[str, Any]:
+        """The method's entries of the student config's ``distilled`` (method, steps, sampler, grid, teacher ...)
+        after the training ``state``."""
+        raise NotImplementedError
+
+    def student_sampling(self) -> dict[str, Any]:
+        """The student config's ``sampling`` defaults: its steps, sampler and schedule in the teacher's range."""
+        s = self.sampling_range
+        return {"sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"], "sampler": self.sampler,
+                "steps": self.steps, "guidance": self.guidance.sampling(s.get("guidance", 1.0)),
+                "schedule": self.schedule}
+
+    # ---------------------------------------------------------------------------------------- teacher, student
     def _frozen_teacher(self) -> Any:
         """The teacher's Denoiser, frozen in eval mode, guided as :class:`GuidancePlan` says."""
         net = build_net(self.teacher_config["net"])
@@ -407,7 +464,7 @@ class ProgressiveDistillTask(ImageTask):
         return d
 
     def build(self) -> tuple[nn.Module, nn.Module]:
-        """(the student network, at the teacher's weights; its Denoiser under the teacher's preconditioning).
+        """(the student network, at the teacher's weights; the module the loss calls, :meth:`denoiser` of it).
 
         A student that takes the guidance scale as an input starts with that input's last layer at zero,
         so it starts as exactly the (unguided) teacher network.
@@ -428,15 +485,12 @@ class ProgressiveDistillTask(ImageTask):
         return GuidanceInput(d, self.guidance.default) if self.guidance.mode == "input" else d
 
     def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
-        """Indices (B,), student step (B,) in [0, N), noise (B, C, H, W), drop (B,) bool; with hflip, flip (B,);
-        for a student that takes the guidance scale as an input, guidance (B,)."""
+        """Indices (B,), the method's levels (:meth:`draw_levels`), noise (B, C, H, W), drop (B,) bool; with
+        hflip, flip (B,); for a student that takes the guidance scale as an input, guidance (B,)."""
         B, g = batch_size, generator
-        batch = {
-            "idx": torch.randint(len(self.images), (B,), generator=g),
-            "step": torch.randint(self.steps, (B,), generator=g),
-            "noise": torch.randn((B, *self.images.shape[1:]), generator=g),
-            "drop": torch.rand(B, generator=g) < self.cfg.cond_dropout,
-        }
+        batch = {"idx": torch.randint(len(self.images), (B,), generator=g), **self.draw_levels(B, g)}
+        batch["noise"] = torch.randn((B, *self.images.shape[1:]), generator=g)
+        batch["drop"] = torch.rand(B, generator=g) < self.cfg.cond_dropout
         if self.cfg.hflip:
             batch["flip"] = torch.rand(B, generator=g) < 0.5
         if self.guidance.mode == "input":  # the scale of each sample, uniform over the range (LCM)
@@ -444,8 +498,9 @@ class ProgressiveDistillTask(ImageTask):
             batch["guidance"] = lo + (hi - lo) * torch.rand(B, generator=g)
         return batch
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
-        """Per-sample progressive-distillation loss (B_part,) of the slice ``part`` (see the module docstring)."""
+    def inputs(self, batch: dict[str, Tensor], part: slice) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``(x0, noise, cond)`` of the slice ``part``: images (flipped as drawn), noise, and the condition both
+        networks read (class labels, dropped as drawn; the guidance scale when the student takes it)."""
         idx = batch["idx"][part].to(self.device)
         x0 = self.images[idx]
         if "flip" in batch:
@@ -453,22 +508,16 @@ class ProgressiveDistillTask(ImageTask):
         cond = self.condition(batch, part, idx)
         if "guidance" in batch:  # both the (guided) teacher and the student read the scale
             cond["guidance"] = batch["guidance"][part].to(self.device)
-        return progressive_loss(model, self.teacher, x0, batch["noise"][part].to(self.device),
-                                self.teacher_sigmas, batch["step"][part], weighting=self.settings.weighting,
-                                sigma_data=self.precond.get("sigma_data") or 0.5, cond=cond)
+        return x0, batch["noise"][part].to(self.device), cond
 
     # ---------------------------------------------------------------------------------------- outputs
-    def grid_schedule(self) -> GridSchedule:
-        """The student's grid as a step schedule (what its package's sampling uses)."""
-        return GridSchedule(self.student_sigmas, name=f"distilled {self.schedule}")
-
     def preview(self, state: TrainState, stem: Path, per_class: int = 8) -> Path:
-        """A sample grid ``<stem>.png`` of the student: its N Euler steps on its grid, one forward per step (its
-        default guidance scale, for a student that takes the scale as an input)."""
+        """A sample grid ``<stem>.png`` of the student: its N steps of its sampler on its grid, one forward per
+        step (its default guidance scale, for a student that takes the scale as an input)."""
         d = self.denoiser(state.ema)
         path = Path(stem).with_suffix(".png")
         shape = self.images.shape[1:]
-        common = {"sampler": DISTILLED_SAMPLER, "steps": self.steps, "schedule": self.grid_schedule(),
+        common = {"sampler": self.sampler, "steps": self.steps, "schedule": self.grid_schedule(),
                   "device": self.device}
         title = f"step {state.step}, {self.steps}-step student"
         if self.guidance.mode == "input":
@@ -496,22 +545,16 @@ class ProgressiveDistillTask(ImageTask):
 
     def model_config(self, state: TrainState) -> dict[str, Any]:
         """The teacher's ``config.json`` made the student's: sampling defaults, ``distilled``, ``training``."""
-        tc, s = self.teacher_config, self.sampling_range
+        tc = self.teacher_config
         config = {k: v for k, v in tc.items() if k not in ("training", "distilled", "sampling")}
         config["ebru_version"] = ebru.__version__
         config["net"] = self.net_config
         config["precond"] = self.precond
-        config["sampling"] = {"sigma_min": s["sigma_min"], "sigma_max": s["sigma_max"], "sampler": DISTILLED_SAMPLER,
-                              "steps": self.steps, "guidance": self.guidance.sampling(s.get("guidance", 1.0)),
-                              "schedule": self.schedule}
+        config["sampling"] = self.student_sampling()
         config["distilled"] = {
-            "method": self.method, "steps": self.steps, "sampler": DISTILLED_SAMPLER,
-            "sigmas": self.student_sigmas.tolist(), "schedule": self.schedule,
-            **self.guidance.record(),
-            "teacher": teacher_record(self.teacher_model, tc, len(self.teacher_sigmas) - 1, self.schedule),
-            "round_teacher": {"path": str(self.teacher_model.path), "steps": len(self.teacher_sigmas) - 1,
+            **self.distilled_record(state),
+            "round_teacher": {"path": str(self.teacher_model.path), "steps": self.teacher_steps,
                               "manifest_sha256": self.teacher_model.manifest_sha256},
-            "weighting": self.settings.weighting,
         }
         cfg, data = self.cfg, self.data
         config["training"] = {"steps": state.step, "images_seen": state.items_seen,
@@ -520,8 +563,70 @@ class ProgressiveDistillTask(ImageTask):
                               "code_revision": code_revision(), "weights": "ema"}
         return config
 
+    @property
+    def teacher_steps(self) -> int:
+        """The step count of the teacher sampler the student stands in for."""
+        return int(self.sampling_range.get("steps", SAMPLING.steps))
+
     def provenance(self, state: TrainState, revision: str | None) -> dict[str, Any]:
         """ImageTask's provenance, made by ``ebru distill``, with the teacher it was distilled from."""
         return {**super().provenance(state, revision), "created_by": "ebru distill",
                 "teacher": {"path": str(self.teacher_model.path), "manifest_sha256": self.teacher_model.manifest_sha256,
-                            "steps": len(self.teacher_sigmas) - 1, "student_steps": self.steps}}
+                            "steps": self.teacher_steps, "student_steps": self.steps}}
+
+
+@TASKS.register("progressive_distill")
+class ProgressiveDistillTask(DistillTask):
+    """One round of progressive distillation: a student takes N steps where its teacher takes 2N.
+
+    Arguments as :class:`DistillTask`. Raises ValueError (one line) as it does, and for a teacher step count
+    that cannot be halved.
+    """
+
+    name = "progressive_distill"
+    method = "progressive"
+    sampler = DISTILLED_SAMPLER
+    keys = _KEYS
+
+    def setup(self) -> None:
+        """The teacher's 2N-step grid, the student's N-step grid and the schedule they come from."""
+        self.teacher_sigmas = teacher_grid(self.teacher_config, self.settings.teacher_steps, self.settings.schedule)
+        self.student_sigmas = student_sigmas(self.teacher_sigmas)
+        self.schedule = self.settings.schedule or self.sampling_range.get("schedule", "karras")
+        if self.schedule not in SCHEDULES:
+            self.schedule = "karras"
+
+    @property
+    def steps(self) -> int:
+        """The student's step count N."""
+        return len(self.student_sigmas) - 1
+
+    @property
+    def teacher_steps(self) -> int:
+        """The teacher's step count 2N."""
+        return len(self.teacher_sigmas) - 1
+
+    def draw_levels(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """The student step (B,) of each image, uniform in [0, N) (Alg. 2)."""
+        return {"step": torch.randint(self.steps, (batch_size,), generator=generator)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], part: slice) -> Tensor:
+        """Per-sample progressive-distillation loss (B_part,) of the slice ``part`` (see the module docstring)."""
+        x0, noise, cond = self.inputs(batch, part)
+        return progressive_loss(model, self.teacher, x0, noise, self.teacher_sigmas, batch["step"][part],
+                                weighting=self.settings.weighting,
+                                sigma_data=self.precond.get("sigma_data") or 0.5, cond=cond)
+
+    def grid_schedule(self) -> GridSchedule:
+        """The student's grid as a step schedule (what its package's sampling uses)."""
+        return GridSchedule(self.student_sigmas, name=f"distilled {self.schedule}")
+
+    def distilled_record(self, state: TrainState) -> dict[str, Any]:
+        """Method, steps, sampler (euler), the halved grid, guidance, the first teacher, the weighting."""
+        return {
+            "method": self.method, "steps": self.steps, "sampler": self.sampler,
+            "sigmas": self.student_sigmas.tolist(), "schedule": self.schedule,
+            **self.guidance.record(),
+            "teacher": teacher_record(self.teacher_model, self.teacher_config, self.teacher_steps, self.schedule),
+            "weighting": self.settings.weighting,
+        }

@@ -182,7 +182,13 @@ class Trainer:
         return lr
 
     def _global_batch(self) -> dict[str, Tensor]:
-        """Everything random about one step, drawn for the whole global batch from ``self.gen``."""
+        """Everything random about one step, drawn for the whole global batch from ``self.gen``.
+
+        A task whose draws follow training progress (consistency tuning's shrinking Delta t) has
+        ``set_progress(step, items_seen)``, called first: progress passes in, as ``TrainState`` does.
+        """
+        if hasattr(self.task, "set_progress"):
+            self.task.set_progress(self.step, self.items_seen)
         return self.task.draw(self.cfg.batch_size, self.gen)
 
     def _micro_loss(self, batch: dict[str, Tensor], part: slice) -> Tensor:
