@@ -374,3 +374,34 @@ def test_straightness_refuses_stochastic_samplers(mixture):
     x = torch.zeros(2, 6, dtype=F64)
     with pytest.raises(ValueError, match=r"deterministic sampler.*ddpm"):
         straightness(mixture, x, get_sigmas("karras", 4, 0.002, 80.0), sampler="ddpm")
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
+def test_straightness_is_the_samplers_own_run_and_the_riemann_sum_of_its_velocities(mixture, sampler):
+    """No network call beyond the sampler's (one per step for Euler), no gradient kept; S is the left
+    Riemann sum in t of |chord - v|^2 over the steps the sampler reports, computed here from its callback."""
+    x = 80.0 * torch.randn(3, 6, generator=gen(4), dtype=F64)
+    sig = get_sigmas("karras", 7, 0.002, 80.0)
+    labels = torch.tensor([0, 1, 1])
+    calls = []
+
+    def counted(x, sigma, **cond):
+        calls.append((x.shape[0], torch.is_grad_enabled()))
+        return mixture(x, sigma, **cond)
+
+    s = straightness(counted, x, sig, sampler=sampler, class_labels=labels)
+    assert calls == [(3, False)] * SAMPLERS[sampler].nfe(7)
+    # the same run through the sampler itself, and the sum written out
+    seen = []
+    end = SAMPLERS[sampler](lambda x, sigma: mixture(x, sigma, class_labels=labels), x, sig,
+                           callback=lambda info: seen.append(info))
+    T = sigma_to_t(80.0)
+    chord = (x / 81.0 - end) / T
+    want, prev = torch.zeros(3, dtype=F64), x
+    for info in seen:
+        sg, sn = float(info["sigma"]), float(info["sigma_next"])
+        v = (prev - (1 + sg) * info["denoised"]) / sg
+        want += (sigma_to_t(sg) - sigma_to_t(sn)) * (chord - v).pow(2).mean(1)
+        prev = info["x"]
+    assert len(seen) == 7
+    torch.testing.assert_close(s, want / T, rtol=1e-12, atol=0)

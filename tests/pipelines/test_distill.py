@@ -334,7 +334,10 @@ def test_an_unsigned_teacher_is_refused_where_signatures_are_required(teacher, t
     (["--steps", "4"], r"one of 2, 1; got 4"),
     (["--steps", "2", "--teacher-steps", "6"], r"halves the teacher's 6 steps .* one of 3; got 2"),
     (["--steps", "1", "--time-budget", "0.0001"], r"time budget of 0.0001 min is too small for one round: 2 round"),
-    (["--steps", "2", "--method", "reflow"], r"distillation method 'reflow' is not implemented yet"),
+    (["--steps", "2", "--method", "reflow"], r"a 'edm' model, and reflow straightens the paths of flow models "
+                                             r"\(prediction \"flow\"\); distil it with --method progressive or "
+                                             r"--method consistency"),
+    (["--steps", "2", "--pairs", "100"], r"pairs are for reflow; progressive distillation trains on the teacher's"),
     (["--steps", "2", "--method", "progresive"], r"did you mean 'progressive'"),
     (["--steps", "2", "--guidance", "nan"], r"--guidance: must be finite"),
     (["--steps", "2", "--guidance", "3,1"], r"--guidance: expected LO < HI"),
@@ -348,8 +351,18 @@ def test_bad_counts_budgets_and_methods_are_refused_in_one_line(teacher, tmp_pat
 
 
 def test_the_cli_methods_are_the_libraries():
-    assert METHODS == DISTILL_METHODS
+    assert METHODS == DISTILL_METHODS == IMPLEMENTED_METHODS  # every method runs
     assert set(distill_module.PLANNERS) == set(IMPLEMENTED_METHODS)  # every method that runs has its plan of rounds
+
+
+def test_the_distillation_names_are_exported_by_ebru_diffusion():
+    import ebru.diffusion
+    from ebru.diffusion.consistency import ConsistencyDenoiser
+    from ebru.diffusion.reflow import CouplingDenoiser
+
+    assert ebru.diffusion.ConsistencyDenoiser is ConsistencyDenoiser
+    assert ebru.diffusion.CouplingDenoiser is CouplingDenoiser
+    assert {"ConsistencyDenoiser", "CouplingDenoiser", "make_pairs", "reflow_loss"} <= set(ebru.diffusion.__all__)
 
 
 def test_a_time_budget_is_split_evenly_between_the_rounds(teacher, tmp_path, capsys, monkeypatch):

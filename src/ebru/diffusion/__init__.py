@@ -6,8 +6,12 @@ guidance and editing transforms, and exact-score oracles to test them against.
 Flow models (rectified flow / flow matching) are ``Precond(net, "flow")``; their
 coordinates and a path-straightness measure are in :mod:`ebru.diffusion.flow`; reflow
 (the teacher's noise/sample pairs, the straight-line loss) is :mod:`ebru.diffusion.reflow`.
+Few-step distillation: progressive distillation's math is :mod:`ebru.diffusion.distill`; consistency
+models' (ECT, consistency distillation; a student as a :class:`ConsistencyDenoiser`) is
+:mod:`ebru.diffusion.consistency`.
 """
 
+from .consistency import ConsistencyDenoiser
 from .denoiser import PREDICTIONS, Denoiser, DiscreteTimesteps, Precond, scalings, vp_denoiser
 from .editing import Inpaint, img2img_start, repaint
 from .flow import flow_velocity, shift_t, sigma_to_t, straightness, t_to_sigma
@@ -34,7 +38,8 @@ from .tuning import pf_ode_reference, rms_error, tune_schedule
 
 __all__ = [
     "PREDICTIONS", "REFLOW_TIMES", "SAMPLERS", "SCHEDULES", "WEIGHTINGS",
-    "ClassifierFreeGuidance", "CouplingDenoiser", "Denoiser", "DiscreteSigma", "DiscreteTimesteps", "EDMNoise",
+    "ClassifierFreeGuidance", "ConsistencyDenoiser", "CouplingDenoiser", "Denoiser", "DiscreteSigma",
+    "DiscreteTimesteps", "EDMNoise",
     "GaussianMixture", "GaussianOracle", "Inpaint", "LogNormalSigma", "Precond", "Registry",
     "UnknownNameError", "VPUniformTSigma", "WarpedSchedule",
     "add_noise", "alphas_cumprod_to_sigmas", "denoising_loss", "flow_velocity", "get_sigmas", "img2img_start",

@@ -36,8 +36,9 @@ takes the scale as an input (LCM's w-conditioning, Luo et al. 2023) is a :class:
 student starts as exactly the teacher and needs one network call per step instead of two.
 
 Methods. :data:`DISTILL_METHODS` names the methods ``ebru distill`` knows; :data:`IMPLEMENTED_METHODS` those it
-runs: progressive distillation (here) and consistency tuning / distillation (:mod:`ebru.diffusion.consistency`,
-which reuses :func:`ddim_step` as consistency distillation's teacher step); reflow is named, not wired in yet.
+runs: progressive distillation (here), consistency tuning / distillation (:mod:`ebru.diffusion.consistency`,
+which reuses :func:`ddim_step` as consistency distillation's teacher step) and reflow of flow models
+(:mod:`ebru.diffusion.reflow`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from .loss import WEIGHTINGS
 from .tensors import sigma_batch, sigma_view
 
 DISTILL_METHODS = ("progressive", "consistency", "reflow")
-IMPLEMENTED_METHODS = ("progressive", "consistency")
+IMPLEMENTED_METHODS = ("progressive", "consistency", "reflow")
 TRUNCATED_SNR = "truncated_snr"
 
 

@@ -209,6 +209,18 @@ def _read_chunk(directory: Path, entry: dict[str, Any], spec: PairSpec) -> dict[
         return None
 
 
+def listed_pairs(directory: str | os.PathLike, spec: PairSpec, n: int) -> int:
+    """How many of the first ``n`` pairs of ``spec`` the index in ``directory`` lists (0 without an index of ``spec``).
+
+    For planning (``ebru distill``'s time budget: how many pairs are left to generate). Nothing is verified or
+    warned about here; :func:`ensure_pairs` verifies every chunk it reads.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        entries = _read_index(Path(directory), spec)
+    return sum(min(e["start"] + e["count"], n) - e["start"] for e in entries if e["start"] < n)
+
+
 # ---------------------------------------------------------------------------------------- writing
 def _write_chunk(directory: Path, start: int, tensors: dict[str, Tensor]) -> dict[str, Any]:
     blob = save({k: v.contiguous() for k, v in tensors.items()})
