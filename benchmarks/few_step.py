@@ -184,8 +184,8 @@ def main() -> None:
             if method == "consistency":
                 kw["sampler"] = "consistency"
             if method == "reflow" and k > 1:  # Euler on k equal steps of flow time (the student's own grid at 1)
-                kw["schedule"] = GridSchedule(reflow_grid(k, float(pipe.config.get("sampling", {}).get("sigma_max", 80.0))),
-                                              name=f"reflow {k}")
+                top = float(pipe.config.get("sampling", {}).get("sigma_max", 80.0))
+                kw["schedule"] = GridSchedule(reflow_grid(k, top), name=f"reflow {k}")
             x, s = draw(pipe, args.n, args.batch, **kw)
             distilled[method]["students"][k] = scorer.score(f"{method}_{k}", x, s, steps=k, nfe=k, package=str(model))
 
