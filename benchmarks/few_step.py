@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--flow-teacher", default=None, help="a flow model to reflow (method reflow; e.g. the "
                     "fashion_mnist_flow model of flow_vs_edm.py); scored like the teacher, as flow_teacher")
     ap.add_argument("--distill-minutes", type=float, default=20.0)
+    ap.add_argument("--pairs", type=int, default=10000, help="reflow: teacher pairs to generate")
     ap.add_argument("--distill-set", action="append", default=[], help="KEY=VALUE for every distillation run")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=500)
@@ -173,7 +174,9 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
         t = time.time()
         source = Path(args.flow_teacher) if method == "reflow" else teacher
-        distill(source, method=method, steps=1, out=run, time_budget=args.distill_minutes, overrides=args.distill_set)
+        extra = {"pairs": args.pairs} if method == "reflow" else {}
+        distill(source, method=method, steps=1, out=run, time_budget=args.distill_minutes, overrides=args.distill_set,
+                **extra)
         wall = time.time() - t
         distilled[method] = {"wall_seconds": wall, "students": {}}
         for k, model in sorted(students(method, run).items()):

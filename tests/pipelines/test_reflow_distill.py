@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 
 import numpy as np
@@ -238,9 +239,16 @@ def test_pairs_slower_than_measured_leave_training_its_floor_with_one_warning(te
     monkeypatch.setattr(distill_module, "MIN_ROUND_STEPS", 10)
     monkeypatch.setattr(distill_module, "_seconds_per_pair", lambda task, missing: 0.0)  # priced free ...
     monkeypatch.setattr(distill_module, "_step_seconds", lambda trainer: 0.001)
+    make_pairs = distill_module._ReflowPlanning.pairs
+
+    def slow_pairs(self, generate, progress):  # ... and take 0.05 s at least, whatever the machine's speed
+        time.sleep(0.05)
+        return make_pairs(self, generate, progress)
+
+    monkeypatch.setattr(distill_module._ReflowPlanning, "pairs", slow_pairs)
     with pytest.warns(UserWarning, match=r"the reflow pairs took .* s, longer than measured: training gets 0.01 s "
                                          r"\(10 steps\), .* s over the time budget") as rec:
-        model = reflow(teacher, tmp_path / "d", time_budget=0.0005, steps_per_round=None)  # ... and take > 0.03 s
+        model = reflow(teacher, tmp_path / "d", time_budget=0.0005, steps_per_round=None)  # a 0.03 s budget
     assert len([w for w in rec if "reflow pairs took" in str(w.message)]) == 1
     config = load(model, quiet=True).config["training"]
     assert config["config"]["time_budget"] == pytest.approx(0.01 / 60, rel=1e-9) and config["steps"] >= 1
