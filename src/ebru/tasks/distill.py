@@ -359,6 +359,36 @@ def student_card(config: dict[str, Any], teacher: LoadedModel, base_model: list[
 
 
 # ---------------------------------------------------------------------------------------- the tasks
+
+def student_grid(task: Any, d: Any, shape: tuple[int, ...], common: dict[str, Any], title: str, path: Path,
+                 per_class: int = 8) -> Path:
+    """A student's preview grid at ``path``: ``per_class`` samples per class (a row each, named), or 64
+    unconditional ones; ``common`` holds the :func:`~ebru.diffusion.sample` settings (sampler, steps, schedule).
+    Shared by every distillation task (``task``: ``conditional``, ``net_config``, ``data``, ``device``)."""
+    if task.conditional:
+        k = task.net_config["num_classes"]
+        labels = torch.arange(k, device=task.device).repeat_interleave(per_class)
+        x = sample(d, (len(labels), *shape), seeds=range(len(labels)), class_labels=labels, **common)
+        names = task.data.class_names or [str(i) for i in range(k)]
+        return save_grid(x, path, nrow=per_class, row_labels=names, title=title)
+    x = sample(d, (64, *shape), seeds=range(64), **common)
+    return save_grid(x, path, nrow=8, title=title)
+
+
+def write_student(task: Any, state: TrainState, path: Path) -> Path:
+    """Write a distillation task's student package at ``path``: its ``model_config``, the EMA weights, a card
+    and lineage naming the teacher (whose licence it keeps), its signed ``provenance``."""
+    path = Path(path)
+    config = task.model_config(state)
+    base_model, lineage = lineage_of_student(task.teacher_model, task.teacher_config)
+    weights = {k: v.detach().contiguous().cpu() for k, v in state.ema.state_dict().items()}
+    write_trained_package(path, config, weights, student_card(config, task.teacher_model, base_model),
+                          task.provenance(state, config["training"]["code_revision"]),
+                          sign_key=task.cfg.sign_key, lineage=lineage,
+                          metadata={"format": "pt", "ebru_kind": "image-diffusion"})
+    return path
+
+
 class DistillTask(ImageTask):
     """What every distillation task shares: teacher, student, draws, previews and the student package.
 
@@ -522,26 +552,11 @@ class DistillTask(ImageTask):
         title = f"step {state.step}, {self.steps}-step student"
         if self.guidance.mode == "input":
             title += f", guidance {self.guidance.default:g}"
-        if self.conditional:
-            k = self.net_config["num_classes"]
-            labels = torch.arange(k, device=self.device).repeat_interleave(per_class)
-            x = sample(d, (len(labels), *shape), seeds=range(len(labels)), class_labels=labels, **common)
-            names = self.data.class_names or [str(i) for i in range(k)]
-            return save_grid(x, path, nrow=per_class, row_labels=names, title=title)
-        x = sample(d, (64, *shape), seeds=range(64), **common)
-        return save_grid(x, path, nrow=8, title=title)
+        return student_grid(self, d, shape, common, title, path, per_class)
 
     def export(self, state: TrainState, path: Path) -> Path:
         """Write the student package at ``path``: the teacher's licence and lineage, its steps and sampler."""
-        path = Path(path)
-        config = self.model_config(state)
-        base_model, lineage = lineage_of_student(self.teacher_model, self.teacher_config)
-        weights = {k: v.detach().contiguous().cpu() for k, v in state.ema.state_dict().items()}
-        write_trained_package(path, config, weights, student_card(config, self.teacher_model, base_model),
-                              self.provenance(state, config["training"]["code_revision"]),
-                              sign_key=self.cfg.sign_key, lineage=lineage,
-                              metadata={"format": "pt", "ebru_kind": "image-diffusion"})
-        return path
+        return write_student(self, state, path)
 
     def model_config(self, state: TrainState) -> dict[str, Any]:
         """The teacher's ``config.json`` made the student's: sampling defaults, ``distilled``, ``training``."""

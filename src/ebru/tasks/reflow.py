@@ -54,13 +54,12 @@ from torch import Tensor, nn
 
 import ebru
 from ebru.checks import one_of, positive_int, unknown_key_message
-from ebru.data.grid import save_grid
-from ebru.diffusion import SCHEDULES, ClassifierFreeGuidance, Precond, get_sigmas, sample
+from ebru.diffusion import SCHEDULES, ClassifierFreeGuidance, Precond, get_sigmas
 from ebru.diffusion.defaults import SAMPLING
 from ebru.diffusion.distill import GridSchedule
 from ebru.diffusion.reflow import REFLOW_TIMES, deterministic_sampler, reflow_grid, reflow_loss, reflow_time
 from ebru.nets import build_net
-from ebru.trust import CONFIG, LoadedModel, load, write_trained_package
+from ebru.trust import CONFIG, LoadedModel, load
 
 from .base import TASKS, TrainState, code_revision
 from .distill import (
@@ -68,10 +67,10 @@ from .distill import (
     DistillSettings,
     GuidancePlan,
     check_teacher,
-    lineage_of_student,
     plan_guidance,
-    student_card,
+    student_grid,
     teacher_record,
+    write_student,
 )
 from .image import NULL_LABEL
 from .reflow_pairs import PairSet, PairSpec, default_pairs_dir, ensure_pairs
@@ -285,26 +284,11 @@ class ReflowTask:
         common = {"sampler": DISTILLED_SAMPLER, "steps": self.steps, "schedule": self.grid_schedule(),
                   "device": self.device}
         title = f"step {state.step}, {self.steps}-step reflow student"
-        if self.conditional:
-            k = self.net_config["num_classes"]
-            labels = torch.arange(k, device=self.device).repeat_interleave(per_class)
-            x = sample(d, (len(labels), *shape), seeds=range(len(labels)), class_labels=labels, **common)
-            names = self.data.class_names or [str(i) for i in range(k)]
-            return save_grid(x, path, nrow=per_class, row_labels=names, title=title)
-        x = sample(d, (64, *shape), seeds=range(64), **common)
-        return save_grid(x, path, nrow=8, title=title)
+        return student_grid(self, d, shape, common, title, path, per_class)
 
     def export(self, state: TrainState, path: Path) -> Path:
         """Write the student package at ``path``: the teacher's licence and lineage, its steps and sampler."""
-        path = Path(path)
-        config = self.model_config(state)
-        base_model, lineage = lineage_of_student(self.teacher_model, self.teacher_config)
-        weights = {k: v.detach().contiguous().cpu() for k, v in state.ema.state_dict().items()}
-        write_trained_package(path, config, weights, student_card(config, self.teacher_model, base_model),
-                              self.provenance(state, config["training"]["code_revision"]),
-                              sign_key=self.cfg.sign_key, lineage=lineage,
-                              metadata={"format": "pt", "ebru_kind": "image-diffusion"})
-        return path
+        return write_student(self, state, path)
 
     def pairs_record(self) -> dict[str, Any]:
         """What the student records of its pairs: count, sampler, steps, schedule, seeds, guidance, hash."""
