@@ -6,9 +6,10 @@ guidance and editing transforms, and exact-score oracles to test them against.
 Flow models (rectified flow / flow matching) are ``Precond(net, "flow")``; their
 coordinates and a path-straightness measure are in :mod:`ebru.diffusion.flow`; reflow
 (the teacher's noise/sample pairs, the straight-line loss) is :mod:`ebru.diffusion.reflow`.
-Few-step distillation: progressive distillation's math is :mod:`ebru.diffusion.distill`; consistency
-models' (ECT, consistency distillation; a student as a :class:`ConsistencyDenoiser`) is
-:mod:`ebru.diffusion.consistency`.
+Probability-flow ODE inversion (image -> initial noise, "DDIM inversion") is :func:`invert`
+(:mod:`ebru.diffusion.inversion`). Few-step distillation: progressive distillation's math is
+:mod:`ebru.diffusion.distill`; consistency models' (ECT, consistency distillation; a student as a
+:class:`ConsistencyDenoiser`) is :mod:`ebru.diffusion.consistency`.
 """
 
 from .consistency import ConsistencyDenoiser
@@ -16,6 +17,7 @@ from .denoiser import PREDICTIONS, Denoiser, DiscreteTimesteps, Precond, scaling
 from .editing import Inpaint, img2img_start, repaint
 from .flow import flow_velocity, shift_t, sigma_to_t, straightness, t_to_sigma
 from .guidance import ClassifierFreeGuidance
+from .inversion import INVERTERS, invert
 from .loss import WEIGHTINGS, DiscreteSigma, LogNormalSigma, VPUniformTSigma, denoising_loss
 from .noise import (
     EDMNoise,
@@ -37,13 +39,14 @@ from .steps import SCHEDULES, WarpedSchedule, get_sigmas
 from .tuning import pf_ode_reference, rms_error, tune_schedule
 
 __all__ = [
-    "PREDICTIONS", "REFLOW_TIMES", "SAMPLERS", "SCHEDULES", "WEIGHTINGS",
+    "INVERTERS", "PREDICTIONS", "REFLOW_TIMES", "SAMPLERS", "SCHEDULES", "WEIGHTINGS",
     "ClassifierFreeGuidance", "ConsistencyDenoiser", "CouplingDenoiser", "Denoiser", "DiscreteSigma",
     "DiscreteTimesteps", "EDMNoise",
     "GaussianMixture", "GaussianOracle", "Inpaint", "LogNormalSigma", "Precond", "Registry",
     "UnknownNameError", "VPUniformTSigma", "WarpedSchedule",
     "add_noise", "alphas_cumprod_to_sigmas", "denoising_loss", "flow_velocity", "get_sigmas", "img2img_start",
-    "line_noise", "make_pairs", "pf_ode_reference", "q_sample", "reflow_grid", "reflow_loss", "reflow_time",
+    "invert", "line_noise", "make_pairs", "pf_ode_reference", "q_sample", "reflow_grid", "reflow_loss",
+    "reflow_time",
     "repaint", "rescale_zero_terminal_snr", "rms_error", "sample",
     "sampler_nfe", "scalings", "shift_t", "sigma_to_t", "sigmas_to_alphas_cumprod", "solve_pf_ode",
     "steps_for_nfe", "straightness", "t_to_sigma", "tune_schedule", "vp_cosine_alphas_cumprod",

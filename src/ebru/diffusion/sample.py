@@ -45,6 +45,7 @@ def sample(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     seeds: Sequence[int] | int | None = None,
+    noise: Tensor | None = None,
     sampler_opts: Mapping[str, Any] | None = None,
     schedule_opts: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
@@ -73,6 +74,11 @@ def sample(
             selects a default: 0, NaN or a wrong type raises ValueError.
         seeds: one integer per sample, or a first seed (then ``seed, seed+1, ...``);
             default ``0..B-1``.
+        noise: optional (B, ...) unit-variance initial noise of ``shape`` (e.g. a watermarked draw,
+            :meth:`ebru.provenance.GaussianShading.noise`) used instead of the seeded draw; the sampler
+            starts from ``noise * sigma_max``. The seeded draw is still made and discarded, so every
+            later draw from the per-sample generators (stochastic steps, inpainting's own noise) is
+            the same as without ``noise``. Raises ValueError for another shape or a non-finite entry.
         guidance_scale, uncond, guidance_interval: classifier-free guidance
             (see :class:`~ebru.diffusion.guidance.ClassifierFreeGuidance`); scale ``None``
             (default): no guidance. Without ``uncond`` the unconditional pass drops
@@ -103,7 +109,17 @@ def sample(
     sigma_max = getattr(denoiser, "sigma_max", SAMPLING.sigma_max) if sigma_max is None else sigma_max
     sigmas = get_sigmas(schedule, steps, sigma_min, sigma_max, **(schedule_opts or {})).to(device)
     gens = seed_generators(seeds)
-    noise = randn_like(torch.empty(shape, dtype=dtype), gens).to(device)
+    seeded = randn_like(torch.empty(shape, dtype=dtype), gens).to(device)
+    if noise is None:
+        noise = seeded
+    else:
+        if not isinstance(noise, Tensor):
+            raise ValueError(f"noise must be a tensor of shape {shape}, got {type(noise).__name__}")
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise must be finite (it holds NaN or an infinity)")
+        noise = noise.to(device, dtype)
 
     d = denoiser
     if guidance_scale is not None:

@@ -13,7 +13,8 @@ line number. Cutting entries off the *end* leaves a valid shorter chain: keep th
 that ``verify`` prints somewhere else (a ticket, syslog, a second machine) and pass it back with
 ``--head`` to detect that too.
 
-Events: ``load``, ``refuse``, ``verify``, ``sign``, ``package``, ``pack``, ``unpack``, and
+Events: ``load``, ``refuse``, ``verify``, ``sign``, ``package``, ``pack``, ``unpack``,
+``generation`` (an output image written with its C2PA manifest: :mod:`ebru.provenance.record`), and
 ``abandon``: a write that was interrupted or failed (its ``action``, its ``path``, and the
 ``error``: ``"interrupted"`` or the error's message), after its temporary files were removed
 (:mod:`ebru.trust.staging`).
@@ -40,7 +41,7 @@ from .errors import AuditError
 from .strict_json import dumps_canonical, loads
 
 GENESIS = "0" * 64
-EVENTS = ("load", "refuse", "verify", "sign", "package", "pack", "unpack", "abandon")
+EVENTS = ("load", "refuse", "verify", "sign", "package", "pack", "unpack", "generation", "abandon")
 _FIELDS = {"seq", "time", "event", "user", "host", "pid", "data", "prev", "hash"}
 
 
