@@ -40,7 +40,7 @@ def main() -> None:
     from ebru.eval import evaluate_images, load_feature_net, reference_set
     from ebru.pipelines.image import ImagePipeline
 
-    pipe = ImagePipeline.from_pretrained(args.model)
+    pipe = ImagePipeline.from_pretrained(args.model, watermark=False)
     net = load_feature_net()
     ref = reference_set(net)
     variants = {"ebru_2phi3": "dpmpp_3m", "reference_phi3": reference_weight_3m(), "dpmpp_2m": "dpmpp_2m"}

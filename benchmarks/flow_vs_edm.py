@@ -86,7 +86,7 @@ def main() -> None:
     summary: dict[str, float | int | str | None] = {"n_samples": args.n}
     straight: dict[str, float] = {}
     for kind, model in models.items():
-        pipe = ImagePipeline.from_pretrained(model)
+        pipe = ImagePipeline.from_pretrained(model, watermark=False)
         seen = set()
         for name, budget in plan:
             steps = steps_for_nfe(name, budget)

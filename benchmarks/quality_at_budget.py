@@ -220,7 +220,7 @@ def sample_ebru(model_dir: Path, n: int, sampler: str, steps: int, batch: int = 
 
     from ebru.pipelines.image import ImagePipeline
 
-    pipe = ImagePipeline.from_pretrained(model_dir, device=device)
+    pipe = ImagePipeline.from_pretrained(model_dir, device=device, watermark=False)
     out = []
     for i in tqdm(range(0, n, batch), desc=f"ebru {sampler}-{steps} sampling"):
         k = min(batch, n - i)

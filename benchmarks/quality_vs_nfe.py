@@ -81,7 +81,7 @@ def main() -> None:
     from ebru.eval.evaluate import real_floor
     from ebru.pipelines.image import ImagePipeline
 
-    pipe = ImagePipeline.from_pretrained(args.model)
+    pipe = ImagePipeline.from_pretrained(args.model, watermark=False)
     net = load_feature_net()
     ref = reference_set(net, progress=True)
     floor = real_floor(ref, net, args.n_samples)

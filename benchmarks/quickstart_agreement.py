@@ -31,7 +31,7 @@ def main() -> None:
     t0 = time.time()
     r = run_class_quickstart(args.out, progress=False)
     wall = time.time() - t0
-    pipe, net = ImagePipeline.from_pretrained(r["model"]), load_feature_net()
+    pipe, net = ImagePipeline.from_pretrained(r["model"], watermark=False), load_feature_net()
     labels = torch.arange(args.n) % 10
     summary = {"quickstart_wall_minutes": round(wall / 60, 2), "train_steps": r["steps"],
                "train_minutes": r["minutes"], "final_loss": r["final_loss"],

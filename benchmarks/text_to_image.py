@@ -81,7 +81,7 @@ def main() -> None:
         summary["train_wall_minutes"] = round((time.time() - t0) / 60, 2)
     else:
         model = Path(args.model)
-    pipe = TextToImagePipeline.from_pretrained(model, quiet=True)
+    pipe = TextToImagePipeline.from_pretrained(model, quiet=True, watermark=False)
     t = pipe.config["training"]
     summary.update({"train_steps": t["steps"], "train_minutes": t["minutes"], "images_seen": t["images_seen"]})
     preset = scene_preset(pipe)

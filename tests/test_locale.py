@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent('''
     # an image model whose class name has an accent
     cfg = load_config(root / "image.toml", [f"data={root / 'images'}"])
     Trainer(cfg, root / "image-run", progress=False).fit()
-    pipe = ImagePipeline.from_pretrained(root / "image-run" / "model")
+    pipe = ImagePipeline.from_pretrained(root / "image-run" / "model", watermark=False)
     out["classes"] = pipe.class_names
 
     # a tuned schedule saved and read back

@@ -17,7 +17,8 @@ from ebru.pipelines.image import save_images
 
 @pytest.mark.parametrize(("name", "why"), [("grid", "it has no extension"),
                                            ("grid.txt", r"'\.txt' is not an image format"),
-                                           ("grid.xbm", r"'\.xbm' is not an image format")])
+                                           ("grid.xbm", r"'\.xbm' is not an image format"),
+                                           ("grid.webp", r"'\.webp' is not an image format ebru writes .*signed")])
 def test_grid_without_an_image_extension_is_refused_before_loading_or_sampling(capsys, tmp_path, image_model,
                                                                                 name, why):
     code = main(["sample", str(image_model()), "--grid", str(tmp_path / name), "-n", "1"])

@@ -11,9 +11,9 @@ from PIL import Image
 
 from ebru.cli import main
 from ebru.cli.image import grid_layout
-from ebru.data import grid as grid_module
 from ebru.data.grid import to_uint8
 from ebru.diffusion import WarpedSchedule
+from ebru.pipelines import outputs as outputs_module
 from ebru.pipelines.image import ImagePipeline, safe_name, save_images
 
 from .conftest import CLASS_NAMES
@@ -82,19 +82,19 @@ def test_grid_layout_puts_one_class_per_row():
 
 def test_grid_rows_are_labelled_with_class_names(capsys, tmp_path, image_model, monkeypatch):
     calls = []
-    real = grid_module.save_grid
-    monkeypatch.setattr(grid_module, "save_grid", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    real = outputs_module.render_grid
+    monkeypatch.setattr(outputs_module, "render_grid", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
     grid = tmp_path / "grid.png"
     code, out, _ = run(capsys, "sample", str(image_model(classes=True)), "-n", "6", "--steps", "1",
                        "--grid", str(grid))
     assert code == 0 and f"grid:   {grid}" in out
-    (tiles, _), kw = calls[0]
-    assert kw["row_labels"] == CLASS_NAMES and kw["nrow"] == 2 and tiles.shape == (6, 1, 8, 8)
+    (tiles, nrow), kw = calls[0]
+    assert kw["row_labels"] == CLASS_NAMES and nrow == 2 and tiles.shape == (6, 1, 8, 8)
     # 3 rows x 2 columns of 8x8 tiles with 2-pixel padding, scaled 3x, plus the label margin and the title
     assert Image.open(grid).size == (110 + 3 * (2 * 10 + 2), 24 + 3 * (3 * 10 + 2))
     calls.clear()
     code, _, _ = run(capsys, "sample", str(image_model(classes=False)), "-n", "4", "--steps", "1", "--grid", str(grid))
-    assert code == 0 and calls[0][1].get("row_labels") is None and calls[0][1]["nrow"] == 2
+    assert code == 0 and calls[0][1].get("row_labels") is None and calls[0][0][1] == 2
 
 
 def test_negative_guidance_is_explained_then_used(capsys, tmp_path, image_model):
@@ -102,7 +102,7 @@ def test_negative_guidance_is_explained_then_used(capsys, tmp_path, image_model)
     code, _, err = run(capsys, "sample", str(model), "-n", "1", "--steps", "1", "--guidance", "-1",
                        "--out-dir", str(tmp_path))
     assert code == 0
-    notes = [line for line in err.splitlines() if line.startswith("ebru: note:")]
+    notes = [line for line in err.splitlines() if line.startswith("ebru: note: --guidance")]
     assert len(notes) == 1 and re.search(r"--guidance -1 is negative.*away from the class", notes[0])
     [want] = expected(model, [0], [0], num_inference_steps=1, guidance_scale=-1.0)
     assert np.array_equal(png(tmp_path / "sample-T-shirt_top-seed0000.png"), want)

@@ -92,7 +92,7 @@ def test_the_student_is_a_package_made_for_two_consistency_steps(teacher, studen
 
 
 def test_the_student_samples_its_own_grid_with_the_consistency_sampler_one_call_per_step(student):
-    pipe = ImagePipeline.from_pretrained(student)
+    pipe = ImagePipeline.from_pretrained(student, watermark=False)
     setting = pipe.sampling()
     assert (setting["sampler"], setting["steps"]) == ("consistency", 2)
     assert isinstance(setting["schedule"], GridSchedule) and setting["schedule"].sigmas.tolist() == [80.0, 0.821, 0.0]
@@ -120,7 +120,7 @@ def test_the_student_samples_its_own_grid_with_the_consistency_sampler_one_call_
 
 
 def test_the_student_samples_any_step_count_and_warns_only_for_another_sampler(student):
-    pipe = ImagePipeline.from_pretrained(student)
+    pipe = ImagePipeline.from_pretrained(student, watermark=False)
     for k in (1, 4):
         setting = pipe.sampling(num_inference_steps=k)
         torch.testing.assert_close(get_sigmas(setting["schedule"], k, setting["sigma_min"], setting["sigma_max"]),
@@ -247,7 +247,7 @@ def test_a_guided_student_samples_one_call_per_step_reading_the_scale(guided, tm
     d = m.config["distilled"]
     assert (d["loss"], d["guidance_input"]["range"], m.config["sampling"]["guidance"]) == ("cd", [1.0, 4.0], 2.0)
     assert "consistency distillation (Song et al. 2023)" in m.read("MODEL_CARD.md").decode("utf-8")
-    pipe = ImagePipeline.from_pretrained(model)
+    pipe = ImagePipeline.from_pretrained(model, watermark=False)
     calls = network_calls(pipe)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -134,7 +134,7 @@ def test_a_fixed_guidance_scale_is_distilled_into_the_weights(teacher, baked):
     assert (d["steps"], d["guidance"], "guidance_input" in d) == (2, 3.0, False)
     assert s["guidance"] == 1.0  # no classifier-free guidance on top of the distilled one
     assert m.config["net"] == load(teacher, quiet=True).config["net"]
-    pipe = ImagePipeline.from_pretrained(baked)
+    pipe = ImagePipeline.from_pretrained(baked, watermark=False)
     with pytest.warns(UserWarning, match=r"guidance 3 distilled in; guidance 2 is applied on top"):
         pipe(1, guidance_scale=2.0)
 
@@ -149,7 +149,7 @@ def counted(pipe):
 @pytest.mark.parametrize(("which", "steps", "w"), [("student", 1, None), ("mid", 2, 3.5), ("baked", 2, None)])
 def test_the_student_samples_its_own_steps_on_its_own_grid_one_call_per_step(student, baked, which, steps, w):
     path = {"student": student, "mid": student.parent / "round-1-4to2" / "model", "baked": baked}[which]
-    pipe = ImagePipeline.from_pretrained(path)
+    pipe = ImagePipeline.from_pretrained(path, watermark=False)
     setting = pipe.sampling()
     assert (setting["sampler"], setting["steps"]) == ("euler", steps)
     grid = torch.tensor(pipe.config["distilled"]["sigmas"], dtype=torch.float64)
@@ -175,7 +175,7 @@ def test_the_student_samples_its_own_steps_on_its_own_grid_one_call_per_step(stu
 
 
 def test_a_guidance_input_student_refuses_an_interval_and_warns_outside_its_range(student):
-    pipe = ImagePipeline.from_pretrained(student)
+    pipe = ImagePipeline.from_pretrained(student, watermark=False)
     with pytest.warns(UserWarning, match=r"distilled for guidance scales 1 to 4; 6 is outside them"):
         pipe(1, guidance_scale=6.0)
     with pytest.raises(ValueError, match=r"takes the guidance scale as an input, so it cannot guide only within"):
@@ -183,7 +183,7 @@ def test_a_guidance_input_student_refuses_an_interval_and_warns_outside_its_rang
 
 
 def test_sampling_a_student_otherwise_warns_in_one_line(student):
-    pipe = ImagePipeline.from_pretrained(student)
+    pipe = ImagePipeline.from_pretrained(student, watermark=False)
     for kw, what in (({"sampler": "heun"}, r"sampler heun"), ({"num_inference_steps": 2}, r"2 steps"),
                      ({"schedule": "karras"}, r"schedule karras")):
         with pytest.warns(UserWarning, match=r"distilled \(progressive\) for 1 euler steps.*" + what) as rec:
@@ -399,7 +399,7 @@ def test_an_unconditional_teacher_distils_without_guidance(tmp_path, capsys):
     assert (m.config["num_classes"], m.config["distilled"]["guidance"]) == (None, None)
     assert "guidance_input" not in m.config["distilled"] and m.config["net"] == load(teacher, quiet=True).config["net"]
     assert m.card.front_matter["pipeline_tag"] == "unconditional-image-generation"
-    pipe = ImagePipeline.from_pretrained(model)
+    pipe = ImagePipeline.from_pretrained(model, watermark=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pipe(2).shape == (2, 1, 8, 8)

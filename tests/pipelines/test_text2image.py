@@ -82,12 +82,12 @@ def test_package_records_the_encoder_and_loads_only_with_a_matching_one(trained,
     card = (model / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "text-to-image" in card and digest in card
     with pytest.raises(ValueError, match="text-to-image model"):
-        ImagePipeline.from_pretrained(model)
+        ImagePipeline.from_pretrained(model, watermark=False)
 
 
 def test_pipeline_seeds_are_per_sample_and_guidance_uses_the_negative_prompt(trained):
     _, model = trained
-    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True)
+    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True, watermark=False)
     a = pipe(["a red square", "a blue square"], n=2, seeds=[5, 6, 7, 8], num_inference_steps=3)
     assert a.shape == (4, 3, 8, 8)
     alone = pipe("a blue square", n=1, seeds=[7], num_inference_steps=3)
@@ -104,7 +104,7 @@ def test_pipeline_seeds_are_per_sample_and_guidance_uses_the_negative_prompt(tra
 
 def test_pipeline_bad_input_is_one_line(trained):
     _, model = trained
-    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True)
+    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True, watermark=False)
     with pytest.raises(ValueError, match="give a prompt, not a class"):
         pipe("a red square", class_labels=1)
     with pytest.raises(ValueError, match="prompt must be a string"):
@@ -130,7 +130,7 @@ def test_an_encoder_whose_digest_differs_from_the_recorded_one_is_refused(traine
 
     monkeypatch.setattr(text2image, "read_model_dir", changed)
     with pytest.raises(EncoderError, match="0000000000"):
-        TextToImagePipeline.from_pretrained(model, allow_unsigned=True)
+        TextToImagePipeline.from_pretrained(model, allow_unsigned=True, watermark=False)
 
 
 def test_cli_sample_with_prompts_and_the_wrong_condition(trained, tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_cli_prompt_on_a_class_model_is_refused(tmp_path, capsys):
 
 def test_guidance_interval_guides_only_inside_it(trained, tmp_path, capsys):
     _, model = trained
-    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True)
+    pipe = TextToImagePipeline.from_pretrained(model, allow_unsigned=True, watermark=False)
     call = {"seeds": [3], "num_inference_steps": 3}
     guided = pipe("a red square", guidance_scale=4.0, **call)
     plain = pipe("a red square", guidance_scale=1.0, **call)

@@ -119,7 +119,7 @@ def test_fit_writes_checkpoints_log_samples_and_model(tmp_path):
     with Image.open(tmp_path / "samples" / "step-0000006.png") as preview:
         assert preview.size == (110 + 3 * (8 * 10 + 2), 24 + 3 * (3 * 10 + 2))
     # The exported EMA weights load into a pipeline and generate the configured shape.
-    pipe = ImagePipeline.from_pretrained(model_dir)
+    pipe = ImagePipeline.from_pretrained(model_dir, watermark=False)
     x = pipe(3, class_labels=["c0", 1, "C2"], num_inference_steps=2, seeds=[1, 2, 3])
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
     # seeds are per sample: image 1 alone (class 1, seed 2) is the batch's image 1

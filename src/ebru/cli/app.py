@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from ebru import __version__
 from ebru.checks import did_you_mean
 
-from . import distill, image, text, trust
+from . import distill, image, provenance, text, trust, watermark
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
@@ -74,7 +74,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ebru`` parser: global flags, then one sub-command per group module (image, distill, text, trust)."""
+    """The ``ebru`` parser: global flags, then one sub-command per group module (image, distill, text, trust,
+    provenance)."""
     p = Parser(prog="ebru", description="ebru: diffusion models end to end, offline, on PyTorch.",
                epilog="Mistakes print one line and exit 2; Ctrl-C exits 130. --traceback (or EBRU_DEBUG=1) "
                       "shows the stack trace behind an error, for bug reports.")
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.register(sub)
     text.register(sub)
     trust.register(sub)
+    provenance.register(sub)
+    watermark.register(sub)
     return p
 
 

@@ -31,6 +31,9 @@ from ebru import checks
 _UNNAMED = ""
 
 
+SIGNED_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the formats ebru.provenance signs
+
+
 def _refused(error: ValueError) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(str(error).strip())
 
@@ -207,24 +210,16 @@ def output_file(text: str) -> str:
 
 
 def image_file(text: str) -> str:
-    """An image ebru will write (a grid): :func:`output_file`, and an extension naming a format PIL writes in RGB
-    (``.png``, ``.jpg``, ``.webp``, ...), so a wrong one is refused before any sampling, not when the image is saved.
+    """An image ebru will write (a grid): :func:`output_file`, and an extension of a format ebru signs (every
+    output carries a C2PA manifest: ``.png``, ``.jpg``, ``.jpeg``), so a wrong one is refused before any
+    sampling, not when the image is saved.
     """
-    import io
-
-    from PIL import Image  # here, not at the top: only commands that write an image need it
-
     output_file(text)
     suffix = Path(text).suffix.lower()
-    fmt = Image.registered_extensions().get(suffix)
-    try:
-        if fmt is None or fmt not in Image.SAVE:
-            raise ValueError
-        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)  # e.g. .xbm is registered but writes 1-bit only
-    except (ValueError, OSError):
-        what = f"'{suffix}' is not an image format ebru can write" if suffix else "it has no extension"
-        raise argparse.ArgumentTypeError(f"cannot write the image {text}: {what}; give FILE.png (or .jpg, .webp, "
-                                         ".tif, .bmp)") from None
+    if suffix not in SIGNED_IMAGE_SUFFIXES:
+        what = (f"'{suffix}' is not an image format ebru writes (outputs carry a signed C2PA manifest, in PNG or "
+                "JPEG)") if suffix else "it has no extension"
+        raise argparse.ArgumentTypeError(f"cannot write the image {text}: {what}; give FILE.png (or .jpg)")
     return text
 
 

@@ -139,17 +139,21 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         _tuned_schedule_settings(args)
     import torch
 
-    from ebru.data.grid import save_grid
-    from ebru.pipelines.image import ImagePipeline, save_images
+    from ebru.pipelines.image import ImagePipeline
+    from ebru.pipelines.outputs import write_grid, write_images
 
     model = load_model(args)
+    if args.no_watermark:
+        from ebru.pipelines.outputs import note_no_watermark
+
+        note_no_watermark()
     if model.config.get("text_encoder"):
         return _sample_text(args, model)
     if args.prompt is not None or args.negative_prompt is not None:
         kind = "class-conditional" if model.config.get("num_classes") else "unconditional"
         raise ValueError(f"--prompt needs a text-to-image model, and {args.model_dir} is {kind}: "
                          + ("use --class" if kind == "class-conditional" else "drop --prompt"))
-    pipe = ImagePipeline.from_pretrained(model, device=args.device)
+    pipe = ImagePipeline.from_pretrained(model, device=args.device, watermark=not args.no_watermark)
     names = pipe.class_names or [str(i) for i in range(pipe.num_classes or 0)]
     labels = None
     if args.class_ is not None:
@@ -168,10 +172,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     setting = pipe.sampling(args.sampler, args.steps, args.schedule)
     schedule_name = getattr(setting["schedule"], "name", setting["schedule"])
     title = f"seeds {seeds[0]}-{seeds[-1]}, {setting['sampler']}, {setting['steps']} steps, {schedule_name}"
+    params = generation_parameters(pipe, setting, args.guidance if labels is not None else None)
     if args.grid:
         if labels is None:
             per_row = args.nrow or max(1, round(math.sqrt(args.n)))
-            path = save_grid(images, args.grid, nrow=per_row, title=title)
+            path = write_grid(images, args.grid, pipe, nrow=per_row, title=title, seeds=seeds, parameters=params)
         else:
             largest = max(labels.count(c) for c in set(labels))
             per_row = args.nrow or min(largest, max(1, round(math.sqrt(args.n))))
@@ -179,20 +184,37 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             blank = torch.ones_like(images[0])  # white, like the grid's background
             tiles = torch.stack([blank if i is None else images[i] for i in cells])
             guidance = pipe.config.get("sampling", {}).get("guidance", 1.0) if args.guidance is None else args.guidance
-            path = save_grid(tiles, args.grid, nrow=per_row, row_labels=[names[c] for c in rows],
-                             title=f"{title}, guidance {guidance:g}")
+            path = write_grid(tiles, args.grid, pipe, nrow=per_row, row_labels=[names[c] for c in rows],
+                              title=f"{title}, guidance {guidance:g}", seeds=seeds, parameters=params)
         print(f"grid:   {path}")
     if args.out_dir:
-        paths = save_images(images, args.out_dir, seeds=seeds,
-                            labels=None if labels is None else [names[c] for c in labels])
+        paths = write_images(images, args.out_dir, pipe, seeds=seeds, parameters=params,
+                             labels=None if labels is None else [names[c] for c in labels])
         print(f"images: {len(paths)} PNGs in {args.out_dir} ({paths[0].name}, ...)")
+    print_provenance(pipe)
     return 0
+
+
+def generation_parameters(pipe: Any, setting: dict[str, Any], guidance: float | None) -> dict[str, Any]:
+    """The settings a generation record and manifest hold (sampler, steps, schedule, sigma range, guidance)."""
+    params = {"sampler": setting["sampler"], "steps": setting["steps"],
+              "schedule": getattr(setting["schedule"], "name", setting["schedule"]),
+              "sigma_min": setting["sigma_min"], "sigma_max": setting["sigma_max"]}
+    if pipe.num_classes or pipe.config.get("text_encoder"):
+        params["guidance"] = pipe.config.get("sampling", {}).get("guidance", 1.0) if guidance is None else guidance
+    return params
+
+
+def print_provenance(pipe: Any) -> None:
+    """One line on what the written files carry."""
+    mark = (f"Gaussian Shading watermark (key {pipe.watermark.key_id})" if pipe.watermark is not None
+            else "no watermark (--no-watermark)")
+    print(f"carries: {mark}, a signed C2PA manifest, a record in the audit log (ebru provenance verify FILE)")
 
 
 def _sample_text(args: argparse.Namespace, model: Any) -> int:
     """``ebru sample`` for a text-to-image model: ``-n`` images per ``--prompt``, one grid row per prompt."""
-    from ebru.data.grid import save_grid
-    from ebru.pipelines.image import save_images
+    from ebru.pipelines.outputs import write_grid, write_images
     from ebru.pipelines.text2image import TextToImagePipeline
 
     if args.class_ is not None:
@@ -200,7 +222,7 @@ def _sample_text(args: argparse.Namespace, model: Any) -> int:
     if args.prompt is None:
         raise ValueError(f"{args.model_dir} is a text-to-image model: give --prompt \"...\" (repeat it for several "
                          "prompts; --prompt \"\" draws unconditional samples)")
-    pipe = TextToImagePipeline.from_pretrained(model, device=args.device)
+    pipe = TextToImagePipeline.from_pretrained(model, device=args.device, watermark=not args.no_watermark)
     note_guidance(args.guidance)
     print(f"model:  {model.path} ({describe_origin(model)}; text encoder {pipe.encoder.name})")
     negative = args.negative_prompt
@@ -214,14 +236,19 @@ def _sample_text(args: argparse.Namespace, model: Any) -> int:
     title = (f"seeds {seeds[0]}-{seeds[-1]}, {setting['sampler']}, {setting['steps']} steps, {schedule_name}, "
              f"guidance {guidance:g}" + (f", negative: {negative}" if negative else ""))
     labels = [p for p in args.prompt for _ in range(args.n)]
+    negatives = None if negative is None else [negative] * len(labels)
+    params = generation_parameters(pipe, setting, guidance)
     if args.grid:
         per_row = args.nrow or (args.n if len(args.prompt) > 1 else max(1, round(math.sqrt(args.n))))
         rows = [p or "(empty prompt)" for p in args.prompt] if per_row == args.n else None
-        path = save_grid(images, args.grid, nrow=per_row, row_labels=rows, title=title)
+        path = write_grid(images, args.grid, pipe, nrow=per_row, row_labels=rows, title=title, seeds=seeds,
+                          parameters=params, prompts=labels, prompt_policy=args.prompt_policy)
         print(f"grid:   {path}")
     if args.out_dir:
-        paths = save_images(images, args.out_dir, seeds=seeds, labels=labels)
+        paths = write_images(images, args.out_dir, pipe, seeds=seeds, labels=labels, parameters=params,
+                             prompts=labels, negative_prompts=negatives, prompt_policy=args.prompt_policy)
         print(f"images: {len(paths)} PNGs in {args.out_dir} ({paths[0].name}, ...)")
+    print_provenance(pipe)
     return 0
 
 
@@ -236,7 +263,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics or DEFAULT_EVAL_METRICS)
     if args.negative_prompt is not None:
         raise ValueError("--negative-prompt is for text-to-image models; drop it")
-    pipe = ImagePipeline.from_pretrained(model)
+    pipe = ImagePipeline.from_pretrained(model, watermark=False)
     if args.guidance is not None and not pipe.num_classes:
         raise ValueError("--guidance steers towards a class, and this model has no classes; drop --guidance")
     note_guidance(args.guidance)
@@ -258,7 +285,7 @@ def _eval_text(args: argparse.Namespace, model: Any) -> int:
     from ebru.pipelines.evaluate import evaluate_text_to_image
     from ebru.pipelines.text2image import TextToImagePipeline
 
-    pipe = TextToImagePipeline.from_pretrained(model)
+    pipe = TextToImagePipeline.from_pretrained(model, watermark=False)
     note_guidance(args.guidance)
     pipe.name = args.model_dir
     n = 100 if args.n is None else args.n
@@ -342,6 +369,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="guide only where the noise level sigma is in (LO, HI] (Kynkaanniemi et al. 2024); "
                         "elsewhere the plain conditional model")
     add_seed(m, "image")
+    prov = m.add_argument_group("provenance (every file is signed and recorded; see 'ebru provenance')")
+    prov.add_argument("--no-watermark", action="store_true",
+                      help="draw from unmarked noise (an explicit exception: the files' manifests and audit "
+                           "records say so)")
+    prov.add_argument("--prompt-policy", choices=("hash", "full", "omit"), default="hash",
+                      help="what the manifest and record keep of each prompt: its SHA-256 (default), the text, or "
+                           "nothing")
     add_device(m)
     add_trust_flags(m)
 

@@ -17,8 +17,12 @@ from typing import Any
 from . import argtypes
 from .options import add_trust_flags, describe_origin, load_options, trust_flags_given
 
+DEFAULT_KEY_NAME = "ebru-signing"
+
 
 def _cmd_keys_generate(args: argparse.Namespace) -> int:
+    if args.watermark:
+        return _keys_generate_watermark(args)
     from ebru.trust import generate_key, load_public_key  # ebru.trust is slow to import: here, not at start-up
     from ebru.trust.settings import ENV_PASSPHRASE, passphrase
 
@@ -31,6 +35,18 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
     print(f"key id:      {key.key_id}")
     print(f"algorithm:   {key.algorithm}; expires: {key.expires:%Y-%m-%d}" if key.expires
           else f"algorithm:   {key.algorithm}; expires: never")
+    return 0
+
+
+def _keys_generate_watermark(args: argparse.Namespace) -> int:
+    from ebru.provenance import generate_watermark_key, load_watermark_key
+
+    name = "default" if args.name == DEFAULT_KEY_NAME else args.name
+    path = generate_watermark_key(args.out, name)
+    key = load_watermark_key(path)
+    print(f"watermark key: {path}   (mode 0600; a secret: it marks and reads marks, and never leaves this machine)")
+    print(f"key id:        {key.key_id}   (recorded in manifests and records; the key itself never is)")
+    print("use it:        set EBRU_WATERMARK_KEY to this file (default: ~/.config/ebru/watermark/default.wmkey)")
     return 0
 
 
@@ -196,7 +212,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = ks.add_parser("generate", help="write NAME.key (private) and NAME.pub (public)")
     g.add_argument("--out", default=".", type=argtypes.output_dir, metavar="DIR",
                    help="where to write the two files (default: .)")
-    g.add_argument("--name", default="ebru-signing", help="key name (default: ebru-signing)")
+    g.add_argument("--name", default=DEFAULT_KEY_NAME, help="key name (default: ebru-signing; 'default' with "
+                   "--watermark)")
+    g.add_argument("--watermark", action="store_true",
+                   help="a watermark key (NAME.wmkey, a 32-byte secret) instead of a signing key pair")
     g.add_argument("--algorithm", default="ed25519", type=argtypes.one_of("algorithm", ["ed25519", "ecdsa-p256"]),
                    help="ed25519 (default) or ecdsa-p256 (also verifiable by OpenSSF model_signing)")
     g.add_argument("--expires-days", type=argtypes.nonnegative_float, default=365, metavar="N",

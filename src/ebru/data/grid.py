@@ -48,9 +48,17 @@ def _wrapped(labels: Sequence[str], row_height: float) -> list[list[str]]:
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[str] | None = None,
               title: str | None = None, scale: int = 3) -> Path:
-    """Save a grid PNG; with ``row_labels`` (one per row) the rows are labelled on the left.
+    """Save a grid PNG (:func:`render_grid`), whole or not at all. Unsigned: for training previews and
+    figures; generated outputs go through ``ebru.pipelines.outputs.write_grid``, which signs them."""
+    return save_image_atomically(render_grid(images, nrow, row_labels, title, scale), path)
 
-    Long labels (prompts) wrap onto as many lines as the row's height holds; the label column widens to fit.
+
+def render_grid(images: Tensor, nrow: int, row_labels: Sequence[str] | None = None,
+                title: str | None = None, scale: int = 3) -> Image.Image:
+    """A grid of ``images`` (B, C, H, W) in [-1, 1] as an RGB PIL image, ``nrow`` per row, upscaled ``scale``x.
+
+    With ``row_labels`` (one per row) the rows are labelled on the left; long labels (prompts) wrap onto
+    as many lines as the row's height holds, and the label column widens to fit. ``title`` goes on top.
     """
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy())
@@ -71,7 +79,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, row_labels: Sequence[
             y = top + int(row_h * (i + 0.5)) - 6 * len(label)
             for k, line in enumerate(label):
                 draw.text((4, y + 12 * k), line, fill="black")
-    return save_image_atomically(canvas, path)
+    return canvas
 
 
 def save_image_atomically(image: Image.Image, path: str | Path) -> Path:

@@ -55,7 +55,9 @@ def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: i
     if "prompt_agreement" in metrics:
         raise ValueError("prompt_agreement scores text-to-image models (evaluate_text_to_image); this is an image "
                          "model: drop it from --metrics")
-    pipe = model if isinstance(model, ImagePipeline) else ImagePipeline.from_pretrained(model)
+    if not isinstance(model, ImagePipeline):  # metrics judge the model: no watermark in its samples
+        model = ImagePipeline.from_pretrained(model, watermark=False)
+    pipe = model
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"-n must be an integer >= 1, got {n!r}")
     if "agreement" in metrics and not pipe.num_classes:
@@ -138,7 +140,9 @@ def evaluate_text_to_image(model: Any, *, metrics: Sequence[str] = TEXT_METRICS,
     if other:
         raise ValueError(f"{', '.join(other)} score(s) image models against Fashion-MNIST; a text-to-image model is "
                          f"scored with --metrics {','.join(TEXT_METRICS)}")
-    pipe = model if isinstance(model, TextToImagePipeline) else TextToImagePipeline.from_pretrained(model)
+    if not isinstance(model, TextToImagePipeline):  # metrics judge the model: no watermark in its samples
+        model = TextToImagePipeline.from_pretrained(model, watermark=False)
+    pipe = model
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"-n (prompts per task) must be an integer >= 2, got {n!r}")
     preset = scene_preset(pipe)

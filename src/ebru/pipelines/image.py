@@ -6,8 +6,6 @@ on top of ebru's samplers, with per-sample seeds.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,13 +23,14 @@ from ebru.diffusion.distill import GridSchedule, GuidanceInput
 from ebru.nets import build_net
 from ebru.trust.manifest import CONFIG as MODEL_CONFIG
 
+from .outputs import image_names, resolve_watermark, safe_name, seed_list  # noqa: F401  (safe_name: re-exported)
+
 if TYPE_CHECKING:
     from ebru.trust import LoadedModel
 
 
-def read_model_dir(model_dir: str | Path | LoadedModel,
-                   **load_options: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Verify and read an image model package through ``ebru.load``; returns (config, weights).
+def load_image_model(model_dir: str | Path | LoadedModel, **load_options: Any) -> LoadedModel:
+    """Verify an image model package through ``ebru.load``; returns the :class:`~ebru.trust.LoadedModel`.
 
     ``model_dir`` may also be a model ``ebru.load`` already verified (``ebru sample`` passes one
     loaded with its ``--trusted-keys/--allow-unsigned/--policy``). ``load_options`` go to
@@ -44,7 +43,14 @@ def read_model_dir(model_dir: str | Path | LoadedModel,
     config = model.config
     if config.get("kind") != "image-diffusion" or "net" not in config:
         raise ValueError(f"{model.path / MODEL_CONFIG}: not an ebru image-diffusion model config")
-    return config, model.weights
+    return model
+
+
+def read_model_dir(model_dir: str | Path | LoadedModel,
+                   **load_options: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Verify and read an image model package (:func:`load_image_model`); returns (config, weights)."""
+    model = load_image_model(model_dir, **load_options)
+    return model.config, model.weights
 
 
 def guidance_input(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -60,19 +66,63 @@ def distilled_guidance(config: dict[str, Any]) -> float | None:
 
 
 class ImagePipeline:
-    """A trained image denoiser plus its sampling defaults and class names."""
+    """A trained image denoiser plus its sampling defaults, class names and output watermark.
 
-    def __init__(self, denoiser: Precond | GuidanceInput, config: dict[str, Any], device: torch.device):
+    Attributes:
+        model: the verified package (:class:`~ebru.trust.LoadedModel`: digest, licence) when loaded with
+            :meth:`from_pretrained`, else None.
+        watermark: the :class:`~ebru.provenance.GaussianShading` scheme whose noise every sample starts
+            from, or None (no watermark). See :func:`ebru.pipelines.outputs.resolve_watermark`.
+    """
+
+    def __init__(self, denoiser: Precond | GuidanceInput, config: dict[str, Any], device: torch.device,
+                 model: LoadedModel | None = None, watermark: Any = None):
         self.denoiser = denoiser
         self.config = config
         self.device = device
         self.image_shape = tuple(config["image_shape"])
         self.class_names: list[str] | None = config.get("class_names")
         self.num_classes: int | None = config.get("num_classes")
+        self.model = model
+        self.watermark = watermark
+
+    @property
+    def model_digest(self) -> str:
+        """The package's manifest SHA-256 ("" for a pipeline built from a bare denoiser)."""
+        return self.model.manifest_sha256 if self.model is not None else ""
+
+    def watermark_ids(self, seeds: Sequence[int] | int, n: int | None = None) -> list[int] | None:
+        """The watermark id each seed's image carries (None without a watermark): one per (model, seed).
+
+        ``seeds``: a list, or a first seed with ``n`` images. Deterministic
+        (:meth:`~ebru.provenance.GaussianShading.ids_for` with the package digest as context), so a seed
+        keeps drawing the same image.
+        """
+        if self.watermark is None:
+            return None
+        return self.watermark.ids_for(seed_list(seeds, n), self.model_digest)
+
+    def initial_noise(self, seeds: Sequence[int] | int, n: int,
+                      watermark_ids: Sequence[int] | None = None) -> Tensor | None:
+        """The watermarked unit-variance initial noise (n, C, H, W) for ``seeds``, or None without a watermark."""
+        if self.watermark is None:
+            if watermark_ids is not None:
+                raise ValueError("watermark ids were given, but this pipeline has no watermark")
+            return None
+        seeds = seed_list(seeds, n)
+        ids = self.watermark_ids(seeds) if watermark_ids is None else list(watermark_ids)
+        return self.watermark.noise(seeds, ids, device=self.device)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> ImagePipeline:
-        config, weights = read_model_dir(model_dir)
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu", *,
+                        watermark: Any = True) -> ImagePipeline:
+        """Verify and load an image package (``ebru.load``).
+
+        ``watermark``: True (default): the Gaussian Shading watermark under the default key (created on first
+        use, with a note); False: none; or a :class:`~ebru.provenance.WatermarkKey` or ``.wmkey`` path.
+        """
+        model = load_image_model(model_dir)
+        config, weights = model.config, model.weights
         if config.get("text_encoder"):
             raise ValueError(f"{model_dir} is a text-to-image model: load it with TextToImagePipeline and give "
                              "a prompt (ebru sample --prompt \"...\")")
@@ -91,7 +141,7 @@ class ImagePipeline:
             denoiser = ConsistencyDenoiser(denoiser, cm["sigma_min"], cm["sigma_data"])
         if gi := guidance_input(config):  # a distilled student that takes the guidance scale as an input
             denoiser = GuidanceInput(denoiser, gi["default"], gi["features"])
-        return cls(denoiser, config, dev)
+        return cls(denoiser, config, dev, model, resolve_watermark(watermark, config["image_shape"]))
 
     def class_index(self, c: int | str) -> int:
         """A class by index or by (case-insensitive) name."""
@@ -152,10 +202,13 @@ class ImagePipeline:
                  sampler: str | None = None, schedule: str | Callable | None = None,
                  seeds: Sequence[int] | int = 0, progress: bool = False,
                  callback: Callable[[dict], None] | None = None,
-                 guidance_interval: tuple[float, float] | None = None) -> Tensor:
+                 guidance_interval: tuple[float, float] | None = None,
+                 watermark_ids: Sequence[int] | None = None) -> Tensor:
         """Generate ``n`` images (B, C, H, W), in [-1, 1] up to the model's error (not clipped; ``save_images``
         and ``save_grid`` clip when they write).
 
+        With a watermark (:attr:`watermark`), each sample starts from the watermarked noise of its seed
+        (:meth:`initial_noise`; ids :meth:`watermark_ids` unless ``watermark_ids`` gives them).
         ``class_labels``: one class (index or name) for all, or one per image; for a
         class-conditional model without labels, classes cycle 0, 1, 2, ...
         ``guidance_interval``: ``(sigma_lo, sigma_hi)``: guide only for sigma in (lo, hi] (Kynkaanniemi
@@ -207,41 +260,25 @@ class ImagePipeline:
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"], seeds=seeds,
             device=self.device, guidance_scale=guidance,
             uncond={"class_labels": torch.full((1,), -1, device=self.device)} if guidance is not None else None,
-            guidance_interval=guidance_interval,
+            guidance_interval=guidance_interval, noise=self.initial_noise(seeds, n, watermark_ids),
             progress=progress, callback=callback, **cond)
-
-
-def safe_name(text: str, limit: int = 48) -> str:
-    """``text`` as a portable piece of a file name: ASCII letters, digits, ``.``, ``_`` and ``-`` only.
-
-    Accents are dropped (``Écharpe`` -> ``Echarpe``), every other run of characters becomes ``_``
-    (``T-shirt/top`` -> ``T-shirt_top``), leading and trailing ``._-`` go, and at most ``limit``
-    characters are kept; an empty result is ``_``.
-    """
-    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_text).strip("._-")[:limit].strip("._-") or "_"
 
 
 def save_images(images: Tensor, out_dir: str | Path, prefix: str = "sample", *, seeds: Sequence[int] | None = None,
                 labels: Sequence[str] | None = None) -> list[Path]:
-    """One PNG per image, named so that it can be drawn again: ``out_dir/<prefix>[-<label>]-seed<seed>.png``.
+    """One unsigned PNG per image, named by :func:`~ebru.pipelines.outputs.image_names`
+    (``out_dir/<prefix>[-<label>]-seed<seed>.png``, e.g. ``sample-Sneaker-seed0007.png``).
 
-    ``seeds``: the seed of each image (default 0, 1, 2, ...), written with at least four digits
-    (``seed0007``); ``labels``: what each image was asked for (a class name or a prompt), made
-    filesystem-safe by :func:`safe_name`. E.g. ``sample-Sneaker-seed0007.png``. Raises ``ValueError``
+    For evaluation sets and benchmarks' sample folders; ebru's commands write generated images through
+    :func:`ebru.pipelines.outputs.write_images`, which signs and records each. Raises ``ValueError``
     when ``seeds`` or ``labels`` do not have one entry per image.
     """
-    seeds = list(range(len(images))) if seeds is None else list(seeds)
-    if len(seeds) != len(images) or (labels is not None and len(labels) != len(images)):
-        raise ValueError(f"save_images needs one seed (and label) per image: {len(images)} images, {len(seeds)} "
-                         f"seeds, {'no' if labels is None else len(labels)} labels")
+    names = image_names(len(images), prefix, seeds=seeds, labels=labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, a in enumerate(to_uint8(images)):
         arr = a.squeeze(-1).numpy() if a.shape[-1] == 1 else a.numpy()
-        label = "" if labels is None else f"-{safe_name(labels[i])}"
-        p = out / f"{prefix}{label}-seed{seeds[i]:04d}.png"
-        save_image_atomically(Image.fromarray(arr), p)
-        paths.append(p)
+        save_image_atomically(Image.fromarray(arr), out / names[i])
+        paths.append(out / names[i])
     return paths

@@ -14,6 +14,7 @@ held-out phrasings. Running it again resumes an unfinished run, or only redraws 
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ebru.train.checkpoint import list_checkpoints
 from ebru.trust.keys import key_id_of, resolve_trusted_keys
 
 from .image import ImagePipeline
+from .outputs import write_grid
 
 
 def _draw_forward(pipe: ImagePipeline, image: torch.Tensor, path: Path) -> Path:
@@ -116,15 +118,19 @@ def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = N
     trainer = _train("text2image_quickstart", out, overrides, progress)
     pipe = TextToImagePipeline.from_pretrained(out / "model")
     per = 8
-    images = pipe(list(GRID_PROMPTS), n=per, seeds=range(per * len(GRID_PROMPTS)), progress=progress)
+    seeds = list(range(per * len(GRID_PROMPTS)))
+    images = pipe(list(GRID_PROMPTS), n=per, seeds=seeds, progress=progress)
     sampling = pipe.config["sampling"]
-    grid = save_grid(images, out / "samples.png", nrow=per, row_labels=list(GRID_PROMPTS),
-                     title=f"ebru quickstart: guidance {sampling['guidance']:g}, {sampling['steps']} dpmpp_2m steps "
-                           "(the last four phrasings were never seen in training)")
+    grid = write_grid(images, out / "samples.png", pipe, nrow=per, row_labels=list(GRID_PROMPTS), seeds=seeds,
+                      title=f"ebru quickstart: guidance {sampling['guidance']:g}, {sampling['steps']} dpmpp_2m steps "
+                            "(the last four phrasings were never seen in training)",
+                      parameters=_grid_parameters(pipe), prompts=[p for p in GRID_PROMPTS for _ in range(per)])
     report = None
-    if agreement_prompts:
+    if agreement_prompts:  # judged like `ebru eval`: unmarked noise (the watermark is not what is measured)
         prompts = eval_prompts("quickstart", agreement_prompts * 2, seed=0)
-        shots = pipe([p.prompt for p in prompts], seeds=range(len(prompts)), progress=progress)
+        plain = copy.copy(pipe)
+        plain.watermark = None
+        shots = plain([p.prompt for p in prompts], seeds=range(len(prompts)), progress=progress)
         report = judge(shots, prompts)
     forward = _draw_forward(pipe, trainer.task.images[0].cpu(), out / "forward.png")
     reverse = _draw_reverse(pipe, out / "reverse.png", prompt=GRID_PROMPTS[0], what=f"'{GRID_PROMPTS[0]}'")
@@ -132,6 +138,12 @@ def run_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = N
     return {"model": out / "model", "samples": grid, "forward": forward, "reverse": reverse,
             "log": out / "log.csv", "steps": t["steps"], "minutes": t["minutes"], "final_loss": t["final_loss"],
             "images": images, "prompts": list(GRID_PROMPTS), "agreement": report}
+
+
+def _grid_parameters(pipe: Any) -> dict[str, Any]:
+    s = pipe.config["sampling"]
+    return {"sampler": s.get("sampler"), "steps": s.get("steps"), "schedule": s.get("schedule"),
+            "guidance": s.get("guidance")}
 
 
 def run_class_quickstart(out: str | Path = "ebru-out", overrides: list[str] | None = None,
@@ -144,9 +156,10 @@ def run_class_quickstart(out: str | Path = "ebru-out", overrides: list[str] | No
     per = 10
     labels = [c for c in range(k) for _ in range(per)]
     images = pipe(len(labels), class_labels=labels, seeds=range(len(labels)), progress=progress)
-    grid = save_grid(images, out / "samples.png", nrow=per, row_labels=pipe.class_names,
-                     title=f"ebru quickstart: guidance {pipe.config['sampling']['guidance']}, "
-                           f"{pipe.config['sampling']['steps']} dpmpp_2m steps")
+    grid = write_grid(images, out / "samples.png", pipe, nrow=per, row_labels=pipe.class_names,
+                      seeds=list(range(len(labels))), parameters=_grid_parameters(pipe),
+                      title=f"ebru quickstart: guidance {pipe.config['sampling']['guidance']}, "
+                            f"{pipe.config['sampling']['steps']} dpmpp_2m steps")
     agreement = None
     with contextlib.suppress(FileNotFoundError, ValueError):  # no feature network for this data: no figure
         agreement = class_agreement(load_feature_net(), images, torch.tensor(labels))

@@ -26,7 +26,8 @@ from ebru.encoders import TextEncoder, load_encoder
 from ebru.nets import build_net
 from ebru.tasks.text2image import text_condition
 
-from .image import ImagePipeline, read_model_dir
+from .image import ImagePipeline, load_image_model
+from .outputs import resolve_watermark
 
 
 def prompt_list(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:
@@ -45,20 +46,23 @@ class TextToImagePipeline(ImagePipeline):
         config: the package's ``config.json`` (``text_encoder``, ``sampling``, ``sample_prompts``, ...).
     """
 
-    def __init__(self, denoiser: Precond, config: dict[str, Any], device: torch.device, encoder: TextEncoder):
-        super().__init__(denoiser, config, device)
+    def __init__(self, denoiser: Precond, config: dict[str, Any], device: torch.device, encoder: TextEncoder,
+                 model: Any = None, watermark: Any = None):
+        super().__init__(denoiser, config, device, model, watermark)
         self.encoder = encoder
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu", *, watermark: Any = True,
                         **load_options: Any) -> TextToImagePipeline:
         """Verify and load a text-to-image package (``ebru.load``), then its text encoder (digest checked).
 
+        ``watermark``: as :meth:`ImagePipeline.from_pretrained` (default on, under the default key).
         ``load_options`` go to ``ebru.load`` (``policy``, ``trusted_keys``, ``allow_unsigned``, ...).
         Raises ValueError for a package that is not text-conditional (use :class:`ImagePipeline`) and
         ``ebru.encoders.EncoderError`` for a missing encoder package or changed encoder weights.
         """
-        config, weights = read_model_dir(model_dir, **load_options)
+        model = load_image_model(model_dir, **load_options)
+        config, weights = model.config, model.weights
         if not config.get("text_encoder"):
             kind = "class-conditional" if config.get("num_classes") else "unconditional"
             raise ValueError(f"{model_dir} is a {kind} image model, not a text-to-image one: sample it without "
@@ -72,14 +76,14 @@ class TextToImagePipeline(ImagePipeline):
         dev = torch.device(device)
         p = config.get("precond", {})
         denoiser = Precond(net.to(dev).eval(), p.get("prediction", "edm"), p.get("sigma_data"))
-        return cls(denoiser, config, dev, encoder)
+        return cls(denoiser, config, dev, encoder, model, resolve_watermark(watermark, config["image_shape"]))
 
     def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
                  n: int = 1, *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, schedule: str | Callable | None = None,
                  seeds: Sequence[int] | int = 0, guidance_interval: tuple[float, float] | None = None,
                  progress: bool = False, callback: Callable[[dict], None] | None = None,
-                 class_labels: Any = None) -> Tensor:
+                 class_labels: Any = None, watermark_ids: Sequence[int] | None = None) -> Tensor:
         """Generate ``n`` images per prompt: (len(prompts) * n, C, H, W) in [-1, 1] up to the model's error.
 
         Args:
@@ -94,6 +98,8 @@ class TextToImagePipeline(ImagePipeline):
             seeds: one per image, or the first seed (then ``seed, seed+1, ...``).
             guidance_interval: ``(sigma_lo, sigma_hi)``: guide only for sigma in (lo, hi] (Kynkaanniemi et al. 2024).
             progress, callback: a progress bar; a per-step callback (see ``ebru.diffusion.sample``).
+            watermark_ids: one per image (default :meth:`~ImagePipeline.watermark_ids` of ``seeds``), when
+                the pipeline has a watermark: each image starts from its seed's watermarked noise.
 
         Raises ValueError (one line) for a bad argument, before any sampling.
         """
@@ -122,4 +128,4 @@ class TextToImagePipeline(ImagePipeline):
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"],
             seeds=seeds, device=self.device, guidance_scale=guidance, uncond=text_condition(enc[neg_rows]),
             guidance_interval=guidance_interval, progress=progress, callback=callback,
-            **text_condition(enc[rows]))
+            noise=self.initial_noise(seeds, len(rows), watermark_ids), **text_condition(enc[rows]))
