@@ -6,103 +6,79 @@
 - :mod:`ebru.provenance.ca` — the local C2PA certificate authority (root + signer; ``ebru ca init``).
 - :mod:`ebru.provenance.c2pa` — signed C2PA manifests on every PNG/JPEG written, and their verification.
 - :mod:`ebru.provenance.record` — the generation record: audit log entry + DSSE-signed store by watermark id.
+- :mod:`ebru.provenance.posthoc` — the post-hoc mark for images ebru did not make (tiled spread spectrum, sync
+  template, convolutional code in :mod:`~ebru.provenance.convcode`); :mod:`~ebru.provenance.attacks` — the
+  attack grid the benchmarks share; :mod:`~ebru.provenance.images` — bounded reading of a user's image.
+
+Names are imported on first use (PEP 562), so that ``ebru provenance verify`` and ``ebru ca init``
+start without loading torch.
 """
 
-from .watermark import (
-    DEFAULT_FPR,
-    DEFAULT_ID_BITS,
-    Decoded,
-    GaussianShading,
-    binomial_sf,
-    detect_watermark,
-    fit_to_shape,
-    log_binomial_sf,
-    new_watermark_id,
-    payload_accuracy,
-)
-from .wmkeys import (
-    ENV_WATERMARK_KEY,
-    WatermarkKey,
-    default_watermark_key,
-    default_watermark_key_path,
-    generate_watermark_key,
-    load_watermark_key,
-    watermark_key_id,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_FPR",
-    "DEFAULT_ID_BITS",
-    "ENV_WATERMARK_KEY",
-    "Decoded",
-    "GaussianShading",
-    "WatermarkKey",
-    "binomial_sf",
-    "default_watermark_key",
-    "default_watermark_key_path",
-    "detect_watermark",
-    "fit_to_shape",
-    "generate_watermark_key",
-    "load_watermark_key",
-    "log_binomial_sf",
-    "new_watermark_id",
-    "payload_accuracy",
-    "watermark_key_id",
-]
+import importlib
+from typing import Any
 
-# C2PA manifests with a local CA, and the generation record (ca.py, c2pa.py, record.py, errors.py)
-from .c2pa import (
-    GENERATION_LABEL,
-    WATERMARK_ALG,
-    SignedImage,
-    Verdict,
-    apply_prompt_policy,
-    c2pa_settings,
-    sign_image,
-    verify_file,
-    write_signed_png,
-)
-from .ca import ENV_C2PA_DIR, CAFiles, SigningIdentity, c2pa_dir, default_signer, init_ca, load_identity
-from .errors import ProvenanceError
-from .record import (
-    ENV_STORE,
-    GenerationRecord,
-    find_by_id,
-    find_by_sha256,
-    known_ids,
-    record_generation,
-    store_dir,
-)
+_EXPORTS = {
+    "ATTACKS": "attacks",
+    "CAFiles": "ca",
+    "DEFAULT_FPR": "watermark",
+    "DEFAULT_ID_BITS": "watermark",
+    "Decoded": "watermark",
+    "ENV_C2PA_DIR": "ca",
+    "ENV_STORE": "record",
+    "ENV_WATERMARK_KEY": "wmkeys",
+    "GENERATION_LABEL": "c2pa",
+    "GaussianShading": "watermark",
+    "GenerationRecord": "record",
+    "PosthocMark": "posthoc",
+    "PosthocResult": "posthoc",
+    "ProvenanceError": "errors",
+    "SignedImage": "c2pa",
+    "SigningIdentity": "ca",
+    "Verdict": "c2pa",
+    "WATERMARK_ALG": "c2pa",
+    "WatermarkKey": "wmkeys",
+    "apply_attack": "attacks",
+    "apply_prompt_policy": "c2pa",
+    "binomial_sf": "watermark",
+    "c2pa_dir": "ca",
+    "c2pa_settings": "c2pa",
+    "default_signer": "ca",
+    "default_watermark_key": "wmkeys",
+    "default_watermark_key_path": "wmkeys",
+    "detect_watermark": "watermark",
+    "find_by_id": "record",
+    "find_by_sha256": "record",
+    "fit_to_shape": "watermark",
+    "generate_watermark_key": "wmkeys",
+    "init_ca": "ca",
+    "known_ids": "record",
+    "load_identity": "ca",
+    "load_watermark_key": "wmkeys",
+    "log_binomial_sf": "watermark",
+    "new_watermark_id": "watermark",
+    "payload_accuracy": "watermark",
+    "psnr": "posthoc",
+    "record_generation": "record",
+    "sign_image": "c2pa",
+    "store_dir": "record",
+    "verify_file": "c2pa",
+    "watermark_key_id": "wmkeys",
+    "write_signed_png": "c2pa",
+}
 
-__all__ += [
-    "ENV_C2PA_DIR",
-    "ENV_STORE",
-    "GENERATION_LABEL",
-    "WATERMARK_ALG",
-    "CAFiles",
-    "GenerationRecord",
-    "ProvenanceError",
-    "SignedImage",
-    "SigningIdentity",
-    "Verdict",
-    "apply_prompt_policy",
-    "c2pa_dir",
-    "c2pa_settings",
-    "default_signer",
-    "find_by_id",
-    "find_by_sha256",
-    "init_ca",
-    "known_ids",
-    "load_identity",
-    "record_generation",
-    "sign_image",
-    "store_dir",
-    "verify_file",
-    "write_signed_png",
-]
+__all__ = sorted(_EXPORTS)
 
-# The post-hoc mark for images ebru did not generate, and the attack grid (posthoc.py, convcode.py, attacks.py)
-from .attacks import ATTACKS, apply_attack  # noqa: E402
-from .posthoc import PosthocMark, PosthocResult, psnr  # noqa: E402
 
-__all__ += ["ATTACKS", "PosthocMark", "PosthocResult", "apply_attack", "psnr"]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
