@@ -57,7 +57,7 @@ def one_error_line(err: str) -> str:
 
 def placeholders(name: str) -> list[str]:
     """The command words and a value for each positional argument (never read: parsing fails first)."""
-    return [*name.split(), *["X"] * len(positionals(COMMANDS[name]))]
+    return [*name.split(), *["X.png" if a.type is argtypes.image_file else "X" for a in positionals(COMMANDS[name])]]
 
 
 def test_the_walk_finds_every_command():

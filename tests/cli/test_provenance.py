@@ -128,7 +128,7 @@ def test_find_errors_are_one_line(capsys, tmp_path):
     other.write_bytes(b"\x89PNG\r\n\x1a\nrest")
     code, _, err = run(capsys, "provenance", "find", str(other))
     assert code == 2
-    one_error_line(err, r"no generation record for this file's SHA-256 .*pass the id its watermark decodes to")
+    one_error_line(err, r"no generation record for this file's SHA-256 .* or its post-hoc mark .*--model MODEL_DIR")
     code, _, err = run(capsys, "provenance", "find")
     assert code == 2
     one_error_line(err, r"give FILE or --id N")

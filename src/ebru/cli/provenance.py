@@ -109,7 +109,8 @@ def _cmd_find(args: argparse.Namespace) -> int:
             raise ProvenanceError(args.file, f"cannot read the file ({e.strerror})") from None
         found, what = find_by_sha256(sha), f"this file's SHA-256 ({sha[:16]}…)"
         if not found:  # re-encoded or stripped: its watermark names it
-            found, what = _find_by_watermark(args)
+            found, mark = _find_by_watermark(args)
+            what = f"{what} or {mark}"
     else:
         raise ValueError("give FILE or --id N (the watermark id the image decodes to)")
     if not found:
@@ -139,13 +140,16 @@ def _find_by_watermark(args: argparse.Namespace) -> tuple[list, str]:
             return [], "its watermark (the store holds no ids)"
         [row] = detect_files([args.file], load_model(args), candidates=ids)
         kind = "noise watermark"
-    else:
-        [row] = detect_posthoc_files([args.file])
+    else:  # best effort: a file without a post-hoc mark is not an error here
+        try:
+            [row] = detect_posthoc_files([args.file])
+        except ValueError as e:  # no watermark key on this machine
+            return [], f"its post-hoc mark ({e})"
         kind = "post-hoc mark"
+        if "error" in row:
+            return [], f"its post-hoc mark (none read: {row['error']})"
     if "error" in row:
-        if args.model_dir or "needs at least" not in row["error"]:
-            raise ValueError(row["error"])
-        return [], "its post-hoc mark (too small to carry one)"
+        raise ValueError(row["error"])
     if not row["detected"]:
         return [], f"its {kind} (not detected: p = 10^{row['log10_p_value']:.1f})"
     print(f"watermark: {kind} detected, id {row['watermark_id']} (p = 10^{row['log10_p_value']:.1f})")

@@ -59,8 +59,10 @@ def open_image(path: str | os.PathLike, mode: str | None = None) -> Image.Image:
 
 
 def image_array(path: str | os.PathLike, channels: int) -> np.ndarray:
-    """The image at ``path`` as uint8 (H, W, channels): grey for 1 channel, RGB for 3 (see :func:`open_image`)."""
+    """The image at ``path`` as a writable uint8 array (H, W, channels): grey for 1 channel, RGB for 3 (see
+    :func:`open_image`). Writable (a copy, not Pillow's read-only buffer), so ``torch.from_numpy`` takes it
+    without a warning."""
     if channels not in (1, 3):
         raise ValueError(f"images have 1 or 3 channels, not {channels}")
-    arr = np.asarray(open_image(path, "L" if channels == 1 else "RGB"))
+    arr = np.array(open_image(path, "L" if channels == 1 else "RGB"))
     return arr[..., None] if arr.ndim == 2 else arr
