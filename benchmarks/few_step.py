@@ -11,7 +11,8 @@ teacher). Then, with the same seeds (0..N-1) everywhere, N samples (default 2,00
   steps; consistency: the one student, with the multistep consistency sampler at k steps; reflow, of
   ``--flow-teacher``: the one reflowed student, Euler on k equal steps of flow time);
 - ``solver_<k>``: every deterministic training-free sampler at k NFE on the teacher; the best one
-  (lowest FID) is the ``solver_<k>`` figure.
+  (lowest FID) is the ``solver_<k>`` figure. Solvers that give the same samples at k NFE (all of them at
+  1 NFE, where each is the Euler step) are drawn and scored once.
 
 Each is scored with FID, KID, precision and recall against the 10,000 test images (ebru's feature
 network), and timed (images per second, generation only). ``--samples-dir DIR`` writes every setting's
@@ -20,7 +21,8 @@ samples as PNGs under ``DIR/<setting>/`` (``teacher``, ``student_1``, ``student_
 that any judge can score them again.
 
     python benchmarks/few_step.py [--teacher DIR | --teacher-steps 1458] [--methods progressive,consistency]
-        [--distill-minutes 20] [--n 2000] [--samples-dir DIR] [--out DIR]
+        [--flow-teacher DIR] [--distill-minutes 20 | --distill-steps N] [--progressive-teacher-steps 8]
+        [--n 2000] [--samples-dir DIR] [--out DIR]
 
 Writes ``benchmarks/results/few_step.json`` (summary keys ``fid_teacher``, ``fid_student_1/2/4``,
 ``fid_solver_1/2/4``, the ratios to the teacher, and per method ``fid_<method>_<k>``).
@@ -43,6 +45,7 @@ from common import RESULTS, write_result
 NAME = "few_step"
 STEPS = (1, 2, 4)
 TEACHER_SAMPLER, TEACHER_STEPS = "heun", 18  # 35 NFE
+PROBE = 8  # seeds that decide whether two solvers give the same samples
 
 
 def train_teacher(out: Path, steps: int | None, minutes: float | None) -> Path:
@@ -70,7 +73,7 @@ def draw(pipe, n: int, batch: int, **kw) -> tuple[torch.Tensor, float]:
 
 
 class Scorer:
-    def __init__(self, n: int, samples_dir: Path | None):
+    def __init__(self, n: int, samples_dir: Path | None, cache: Path, resume: bool):
         from ebru.eval import load_feature_net, reference_set
         from ebru.eval.evaluate import real_floor
 
@@ -78,7 +81,23 @@ class Scorer:
         self.ref = reference_set(self.net, progress=True)
         self.floor = real_floor(self.ref, self.net, n)
         self.samples_dir = samples_dir
+        self.n = n
+        self.cache = cache  # every row as soon as it is scored: --resume reuses them (same n and seeds)
         self.rows: dict[str, dict] = {}
+        if resume and cache.is_file():
+            saved = json.loads(cache.read_text(encoding="utf-8"))
+            if saved.get("n") == n:
+                self.rows = saved["rows"]
+
+    def cached(self, setting: str) -> dict | None:
+        row = self.rows.get(setting)
+        if row is not None:
+            print(f"{setting:<18} FID {row['fid']:8.3f}  (scored by an earlier run: --resume)", flush=True)
+        return row
+
+    def keep(self) -> None:
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        self.cache.write_text(json.dumps({"n": self.n, "rows": self.rows}, indent=1), encoding="utf-8")
 
     def score(self, setting: str, images: torch.Tensor, seconds: float, **info) -> dict:
         from ebru.eval import evaluate_images
@@ -88,6 +107,7 @@ class Scorer:
         row = {**info, **{k: m[k] for k in ("fid", "kid", "kid_std", "precision", "recall")},
                "images_per_second": len(images) / seconds if seconds else None}
         self.rows[setting] = row
+        self.keep()
         print(f"{setting:<18} FID {row['fid']:8.3f}  KID {row['kid']:.4f}  P/R {row['precision']:.2f}/"
               f"{row['recall']:.2f}  {row['images_per_second']:.0f} img/s", flush=True)
         self.save(setting, images)
@@ -114,6 +134,17 @@ def students(method: str, run: Path) -> dict[int, Path]:
     return {k: run / "model" for k in STEPS}  # one consistency or reflow student samples any step count
 
 
+def training_minutes(run: Path) -> float:
+    """Minutes a distillation in ``run`` spent: its rounds' training time (each student's ``training.minutes``)
+    plus reflow's pair generation (``pair_seconds`` in its plan); right for a resumed run too."""
+    minutes = sum(json.loads((m / "config.json").read_text(encoding="utf-8"))["training"]["minutes"]
+                  for m in run.glob("round-*/model"))
+    plan = run / "distill.json"
+    if plan.is_file():
+        minutes += json.loads(plan.read_text(encoding="utf-8")).get("pair_seconds", 0.0) / 60
+    return minutes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default=None, help="a trained image package (default: train fashion_mnist_cpu)")
@@ -123,12 +154,18 @@ def main() -> None:
     ap.add_argument("--flow-teacher", default=None, help="a flow model to reflow (method reflow; e.g. the "
                     "fashion_mnist_flow model of flow_vs_edm.py); scored like the teacher, as flow_teacher")
     ap.add_argument("--distill-minutes", type=float, default=20.0)
+    ap.add_argument("--distill-steps", type=int, default=None,
+                    help="train each round this many steps instead of a time budget (smoke runs)")
+    ap.add_argument("--progressive-teacher-steps", type=int, default=None,
+                    help="progressive: the teacher's DDIM step count that round 1 halves (default: the teacher's)")
     ap.add_argument("--pairs", type=int, default=10000, help="reflow: teacher pairs to generate")
     ap.add_argument("--distill-set", action="append", default=[], help="KEY=VALUE for every distillation run")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--samples-dir", default=None)
     ap.add_argument("--out", default="/tmp/ebru-few-step")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the scores (OUT/scores.json) and finished distillations of an earlier run in OUT")
     args = ap.parse_args()
 
     from ebru.diffusion import SAMPLERS, sampler_nfe, steps_for_nfe
@@ -140,19 +177,36 @@ def main() -> None:
     out = Path(args.out)
     teacher = Path(args.teacher) if args.teacher else train_teacher(out / "teacher", args.teacher_steps,
                                                                      args.teacher_minutes)
-    scorer = Scorer(args.n, Path(args.samples_dir) if args.samples_dir else None)
-    tpipe = ImagePipeline.from_pretrained(teacher)
-    x, s = draw(tpipe, args.n, args.batch, sampler=TEACHER_SAMPLER, num_inference_steps=TEACHER_STEPS)
-    scorer.score("teacher", x, s, sampler=TEACHER_SAMPLER, steps=TEACHER_STEPS,
-                 nfe=sampler_nfe(TEACHER_SAMPLER, TEACHER_STEPS))
+    scorer = Scorer(args.n, Path(args.samples_dir) if args.samples_dir else None, out / "scores.json", args.resume)
+    tpipe = ImagePipeline.from_pretrained(teacher, watermark=False)
+    if not scorer.cached("teacher"):
+        x, s = draw(tpipe, args.n, args.batch, sampler=TEACHER_SAMPLER, num_inference_steps=TEACHER_STEPS)
+        scorer.score("teacher", x, s, sampler=TEACHER_SAMPLER, steps=TEACHER_STEPS,
+                     nfe=sampler_nfe(TEACHER_SAMPLER, TEACHER_STEPS))
 
     solvers: dict[int, tuple[str, dict]] = {}
     for k in STEPS:
+        probes: list[tuple[str, torch.Tensor]] = []
         for name in sorted(SAMPLERS):
             if getattr(SAMPLERS[name], "stochastic", False) or name == "consistency":
                 continue
             steps = steps_for_nfe(name, k)
             if sampler_nfe(name, steps) != k:
+                continue
+            if (row := scorer.cached(f"solver_{k}_{name}")) is not None:
+                if k not in solvers or row["fid"] < solvers[k][1]["fid"]:
+                    solvers[k] = (row.get("same_as", name), row)
+                continue
+            # Solvers that coincide at this NFE (every one is the Euler step at 1 NFE) are drawn once: a probe
+            # of PROBE seeds that equals an earlier solver's reuses its row.
+            probe, _ = draw(tpipe, PROBE, PROBE, sampler=name, num_inference_steps=steps)
+            same = next((other for other, p in probes if torch.allclose(p, probe, atol=1e-5)), None)
+            probes.append((name, probe))
+            if same is not None:
+                scorer.rows[f"solver_{k}_{name}"] = {**scorer.rows[f"solver_{k}_{same}"], "sampler": name,
+                                                     "steps": steps, "same_as": same}
+                scorer.keep()
+                print(f"solver_{k}_{name:<9} the same samples as {same}", flush=True)
                 continue
             x, s = draw(tpipe, args.n, args.batch, sampler=name, num_inference_steps=steps)
             row = scorer.score(f"solver_{k}_{name}", x, s, sampler=name, steps=steps, nfe=k)
@@ -163,26 +217,34 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     if "reflow" in methods and not args.flow_teacher:
         sys.exit("--methods reflow needs --flow-teacher DIR (reflow distils a flow model)")
-    if args.flow_teacher:
-        fpipe = ImagePipeline.from_pretrained(args.flow_teacher)
+    if args.flow_teacher and not scorer.cached("flow_teacher"):
+        fpipe = ImagePipeline.from_pretrained(args.flow_teacher, watermark=False)
         x, s = draw(fpipe, args.n, args.batch, sampler=TEACHER_SAMPLER, num_inference_steps=TEACHER_STEPS)
         scorer.score("flow_teacher", x, s, sampler=TEACHER_SAMPLER, steps=TEACHER_STEPS,
                      nfe=sampler_nfe(TEACHER_SAMPLER, TEACHER_STEPS))
     distilled: dict[str, dict] = {}
     for method in methods:
         run = out / f"distill-{method}"
-        shutil.rmtree(run, ignore_errors=True)
+        if not args.resume:
+            shutil.rmtree(run, ignore_errors=True)
         t = time.time()
         source = Path(args.flow_teacher) if method == "reflow" else teacher
         extra = {"pairs": args.pairs} if method == "reflow" else {}
-        distill(source, method=method, steps=1, out=run, time_budget=args.distill_minutes, overrides=args.distill_set,
-                **extra)
+        if method == "progressive" and args.progressive_teacher_steps:
+            extra["teacher_steps"] = args.progressive_teacher_steps
+        budget = {"steps_per_round": args.distill_steps} if args.distill_steps else {
+            "time_budget": args.distill_minutes}
+        distill(source, method=method, steps=1, out=run, overrides=args.distill_set,
+                resume=args.resume and run.is_dir(), **budget, **extra)
         wall = time.time() - t
-        distilled[method] = {"wall_seconds": wall, "students": {}}
+        distilled[method] = {"wall_seconds": wall, "training_minutes": training_minutes(run), "students": {}}
         for k, model in sorted(students(method, run).items()):
             if k not in STEPS:
                 continue
-            pipe = ImagePipeline.from_pretrained(model)
+            if (row := scorer.cached(f"{method}_{k}")) is not None:
+                distilled[method]["students"][k] = row
+                continue
+            pipe = ImagePipeline.from_pretrained(model, watermark=False)
             kw = {"num_inference_steps": k}
             if method == "consistency":
                 kw["sampler"] = "consistency"
@@ -218,11 +280,12 @@ def main() -> None:
                 dst = scorer.samples_dir / f"student_{k}"
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(src, dst)
-    for method, d in distilled.items():
-        summary[f"distill_minutes_{method}"] = d["wall_seconds"] / 60
+    for method, d in distilled.items():  # training (and reflow's pair) time, from the students' own records
+        summary[f"distill_minutes_{method}"] = d["training_minutes"]
     tconf = json.loads((Path(teacher) / "config.json").read_text(encoding="utf-8"))
     write_result(NAME, summary, settings=scorer.rows, distilled=distilled, teacher=str(teacher),
                  teacher_training=tconf.get("training", {}), distill_minutes=args.distill_minutes,
+                 distill_steps=args.distill_steps, progressive_teacher_steps=args.progressive_teacher_steps,
                  distill_overrides=args.distill_set, seeds=[0, args.n - 1],
                  feature_net_sha256=scorer.ref.net_sha256, reference={"dataset": scorer.ref.dataset,
                                                                        "n": scorer.ref.n})
