@@ -121,14 +121,17 @@ def test_pipeline_bad_input_is_one_line(trained):
 
 def test_an_encoder_whose_digest_differs_from_the_recorded_one_is_refused(trained, monkeypatch):
     _, model = trained
+    import dataclasses
+
     from ebru.pipelines import text2image
-    from ebru.pipelines.image import read_model_dir
+    from ebru.pipelines.image import load_image_model
 
     def changed(model_dir, **kw):
-        config, weights = read_model_dir(model_dir, **kw)
-        return {**config, "text_encoder": {**config["text_encoder"], "digest": "sha256:" + "0" * 64}}, weights
+        m = load_image_model(model_dir, **kw)
+        config = {**m.config, "text_encoder": {**m.config["text_encoder"], "digest": "sha256:" + "0" * 64}}
+        return dataclasses.replace(m, config=config)
 
-    monkeypatch.setattr(text2image, "read_model_dir", changed)
+    monkeypatch.setattr(text2image, "load_image_model", changed)
     with pytest.raises(EncoderError, match="0000000000"):
         TextToImagePipeline.from_pretrained(model, allow_unsigned=True, watermark=False)
 
