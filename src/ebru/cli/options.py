@@ -138,3 +138,11 @@ def note_guidance(scale: float | None) -> None:
     if scale is not None and scale < 0:
         print(f"ebru: note: --guidance {scale:g} is negative: it pushes samples away from the class or prompt they "
               "are asked for (0 ignores it, 1 is plain conditional)", file=sys.stderr)
+
+
+def need_subcommand(p: argparse.ArgumentParser):
+    """The action of a command group given no sub-command (``ebru keys``): its help on stderr, exit 2."""
+    def run(args: argparse.Namespace) -> int:
+        p.print_help(sys.stderr)
+        return 2
+    return run

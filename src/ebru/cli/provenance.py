@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import argtypes
-from .options import add_json, add_trust_flags, load_model, write_json
+from .options import add_json, add_trust_flags, load_model, need_subcommand, write_json
 
 
 def _cmd_ca_init(args: argparse.Namespace) -> int:
@@ -156,17 +156,10 @@ def _find_by_watermark(args: argparse.Namespace) -> tuple[list, str]:
     return find_by_id(row["watermark_id"]), f"watermark id {row['watermark_id']}"
 
 
-def _need_subcommand(p: argparse.ArgumentParser):
-    def run(args: argparse.Namespace) -> int:
-        p.print_help(sys.stderr)
-        return 2
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``ebru ca`` and ``ebru provenance`` to the ``ebru`` parser (nothing heavy imported here)."""
     c = sub.add_parser("ca", help="the local certificate authority that signs outputs' C2PA manifests")
-    c.set_defaults(func=_need_subcommand(c))
+    c.set_defaults(func=need_subcommand(c))
     cs = c.add_subparsers(dest="ca_command", metavar="ACTION", parser_class=type(c))
     ci = cs.add_parser("init", help="make a root CA and the signing certificate it issues (ECDSA P-256, ES256)")
     ci.add_argument("--dir", default=None, type=argtypes.output_dir, metavar="DIR",
@@ -180,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ci.set_defaults(func=_cmd_ca_init)
 
     p = sub.add_parser("provenance", help="verify outputs' C2PA manifests; find an output's generation record")
-    p.set_defaults(func=_need_subcommand(p))
+    p.set_defaults(func=need_subcommand(p))
     ps = p.add_subparsers(dest="provenance_command", metavar="ACTION", parser_class=type(p))
     v = ps.add_parser("verify", help="Trusted / Valid / Invalid / None per file, against the local root; exit 2 "
                                      "unless all are Trusted")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from . import argtypes
-from .options import add_trust_flags, describe_origin, load_options, trust_flags_given
+from .options import add_trust_flags, describe_origin, load_options, need_subcommand, trust_flags_given
 
 DEFAULT_KEY_NAME = "ebru-signing"
 
@@ -197,17 +196,10 @@ def _cmd_audit_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _need_subcommand(p: argparse.ArgumentParser):
-    def run(args: argparse.Namespace) -> int:
-        p.print_help(sys.stderr)
-        return 2
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the trust commands to the ``ebru`` parser."""
     k = sub.add_parser("keys", help="generate signing keys, list trusted keys")
-    k.set_defaults(func=_need_subcommand(k))
+    k.set_defaults(func=need_subcommand(k))
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=type(k))
     g = ks.add_parser("generate", help="write NAME.key (private) and NAME.pub (public)")
     g.add_argument("--out", default=".", type=argtypes.output_dir, metavar="DIR",
@@ -264,7 +256,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_cmd_inspect)
 
     a = sub.add_parser("audit", help="check or show the audit log")
-    a.set_defaults(func=_need_subcommand(a))
+    a.set_defaults(func=need_subcommand(a))
     asub = a.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=type(a))
     av = asub.add_parser("verify", help="check the log's hash chain")
     av.add_argument("--log", default=None, metavar="FILE", help="audit log (default: $EBRU_AUDIT_LOG or "

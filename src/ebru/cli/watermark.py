@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from . import argtypes
-from .options import add_json, add_trust_flags, load_model, write_json
+from .options import add_json, add_trust_flags, load_model, need_subcommand, write_json
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -19,30 +19,24 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     if args.model_dir is None:  # no model: the post-hoc mark of `ebru watermark embed`
         rows = detect_posthoc_files(args.files, key=args.key, fpr=args.fpr)
-        for row in rows:
-            print(describe(row))
-        found = sum(1 for r in rows if r.get("detected"))
-        print(f"{found} of {len(rows)} file(s) carry this key's post-hoc mark (false-positive target {args.fpr:g} per "
-              "file; give --model MODEL_DIR to read the noise watermark of generated images)")
-        if args.json:
-            write_json(args.json, rows)
-        return 2 if any("error" in r for r in rows) else 0
-    model = load_model(args)
-    candidates = None
-    if args.known_ids:
-        from ebru.provenance import known_ids
+        what, how = "post-hoc mark", "give --model MODEL_DIR to read the noise watermark of generated images"
+    else:
+        candidates = None
+        if args.known_ids:
+            from ebru.provenance import known_ids
 
-        candidates = known_ids() or None
-        if candidates is None:
-            print("ebru: note: --known-ids: the local store holds no ids yet; decoding over every id",
-                  file=sys.stderr)
-    rows = detect_files(args.files, model, key=args.key, steps=args.steps, fpr=args.fpr, candidates=candidates,
-                        device=args.device)
+            candidates = known_ids() or None
+            if candidates is None:
+                print("ebru: note: --known-ids: the local store holds no ids yet; decoding over every id",
+                      file=sys.stderr)
+        rows = detect_files(args.files, load_model(args), key=args.key, steps=args.steps, fpr=args.fpr,
+                            candidates=candidates, device=args.device)
+        what, how = "watermark", f"inversion: DDIM, {args.steps} steps, unconditional"
     for row in rows:
         print(describe(row))
     found = sum(1 for r in rows if r.get("detected"))
-    print(f"{found} of {len(rows)} file(s) carry this key's watermark (false-positive target {args.fpr:g} per file; "
-          f"inversion: DDIM, {args.steps} steps, unconditional)")
+    print(f"{found} of {len(rows)} file(s) carry this key's {what} (false-positive target {args.fpr:g} per file; "
+          f"{how})")
     if args.json:
         write_json(args.json, rows)
     return 2 if any("error" in r for r in rows) else 0
@@ -57,17 +51,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _need_subcommand(p: argparse.ArgumentParser):
-    def run(args: argparse.Namespace) -> int:
-        p.print_help(sys.stderr)
-        return 2
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``ebru watermark`` to the ``ebru`` parser (nothing heavy imported here)."""
-    w = sub.add_parser("watermark", help="detect the watermark ebru puts in every generated image")
-    w.set_defaults(func=_need_subcommand(w))
+    w = sub.add_parser("watermark", help="read the watermark of generated images; mark other images and read that mark")
+    w.set_defaults(func=need_subcommand(w))
     ws = w.add_subparsers(dest="watermark_command", metavar="ACTION", parser_class=type(w))
     d = ws.add_parser("detect", help="per file: detected or not, p-value, bit accuracy, decoded id (inverts the "
                                      "image to its noise with MODEL_DIR's ODE)")
