@@ -164,6 +164,16 @@ def test_ebru_sample_samples_the_student_with_n_euler_steps_on_its_own_grid(stud
     assert "distilled" not in err and len(list((tmp_path / "png").glob("*.png"))) == 2
 
 
+@pytest.mark.parametrize("sampler, steps", [("euler", 4), ("heun", 2), ("dpmpp_2m", 8)])
+def test_a_reflowed_student_is_an_ordinary_flow_model_any_sampler_and_step_count_without_a_warning(
+        student, sampler, steps):
+    pipe = ImagePipeline.from_pretrained(student, watermark=False)
+    assert pipe.distilled_warning(pipe.sampling(sampler, steps)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(1, class_labels=[0], seeds=[3], sampler=sampler, num_inference_steps=steps)
+
+
 # ------------------------------------------------------------------------------------------- resuming
 def test_an_interrupted_pair_generation_resumes_at_its_first_missing_chunk_to_the_same_student(
         teacher, student, tmp_path, monkeypatch, capsys):

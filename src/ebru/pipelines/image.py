@@ -179,16 +179,17 @@ class ImagePipeline:
         """The one-line warning for a distilled student sampled otherwise than it was made for, else None.
 
         ``setting`` is what :meth:`sampling` returned. A student is made for its sampler (``euler``, whose
-        step ``ddim`` at eta 0 repeats exactly), its step count and its grid.
+        step ``ddim`` at eta 0 repeats exactly), its step count and its grid, unless its ``distilled`` record
+        says ``any_steps`` (consistency, reflow) or ``any_sampler`` (reflow: an ordinary flow ODE model).
         """
         d = self.config.get("distilled")
         if not isinstance(d, dict):
             return None
         made_for = {d.get("sampler"), *(("euler", "ddim") if d.get("sampler") in ("euler", "ddim") else ())}
         sampler = getattr(setting["sampler"], "__name__", setting["sampler"])
-        other = [f"sampler {sampler}"] if sampler not in made_for else []
+        other = [f"sampler {sampler}"] if sampler not in made_for and not d.get("any_sampler") else []
         if setting["steps"] != d.get("steps"):
-            if not d.get("any_steps"):  # a consistency student samples any step count
+            if not d.get("any_steps"):  # consistency and reflow students sample any step count
                 other.append(f"{setting['steps']} steps")
         elif not isinstance(setting["schedule"], GridSchedule):
             other.append(f"schedule {getattr(setting['schedule'], 'name', setting['schedule'])}")

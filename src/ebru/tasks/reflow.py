@@ -313,6 +313,8 @@ class ReflowTask:
         config["distilled"] = {
             "method": METHOD, "steps": self.steps, "sampler": DISTILLED_SAMPLER,
             "sigmas": self.student_sigmas.tolist(), "schedule": STUDENT_SCHEDULE,
+            # a reflowed model is an ordinary (straighter) flow ODE: any sampler and step count are valid
+            "any_steps": True, "any_sampler": True,
             **self.guidance.record(),
             "teacher": teacher,
             "round_teacher": {"path": str(self.teacher_model.path), "steps": sp.steps,
