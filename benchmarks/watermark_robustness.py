@@ -1,7 +1,9 @@
 """The noise watermark under attack, its false positives and its cost in quality; C2PA and re-association.
 
-One image package (``--model DIR``, or the ``fashion_mnist_cpu`` recipe trained here: ``--teacher-steps``
-fixes its training steps, else 20 minutes). Everything ebru would write for a user is written here for
+One image or text-to-image package (``--model DIR``, e.g. the quickstart's ``ebru-out/model``, whose 3x32x32
+images are the issue's size; or the ``fashion_mnist_cpu`` recipe trained here: ``--teacher-steps`` fixes its
+training steps, else 20 minutes). A text-to-image model draws seed ``s`` with ``PROMPTS[s % 10]`` at its default
+guidance. Everything ebru would write for a user is written here for
 real, under a private configuration in ``--out`` (watermark key, C2PA CA, provenance store and audit log;
 the user's own are untouched; the user's trusted keys and licence policy still govern loading the model):
 
@@ -11,18 +13,22 @@ the user's own are untouched; the user's trusted keys and licence policy still g
 3. Attack grid: every cell of ``ebru.provenance.attacks.ATTACKS`` on the first ``--n-attack`` written images
    (the crop is detected at its cropped size: detection brings it back to the model's size), plus "sampler
    mismatch" cells: images drawn with another sampler (``--mismatch``) than the DDIM inversion that detects
-   them. Detection is ``ebru.pipelines.watermark.detect_files`` (DDIM inversion, ``--detect-steps``, blind:
-   union bound over all 2**32 ids). Per cell: payload bit accuracy (mean, 5th percentile), chip accuracy,
-   TPR at FPR 1e-6 (``detected``), the fraction detected with the right id, and detection seconds per image.
+   them. Detection is ``ebru.pipelines.watermark.detect_files`` (DDIM inversion from sigma 0.3,
+   ``--detect-steps``), run twice per cell: over the store's ids (ebru's default; ``tpr_<cell>``, the fraction
+   detected with the right id ``id_correct_<cell>``) and blind over all 2**32 ids (``tpr_blind_<cell>``, and the
+   payload bit accuracy, mean and 5th percentile, which only a blind decode measures). Also the chip accuracy,
+   the mean score and detection seconds per image.
 4. False positives: detection on the first ``--clean`` Fashion-MNIST test images and on ``--clean``
-   unwatermarked generations: detections (target 0), the smallest p-value, and the independence checks the
-   binomial tail rests on: the decoded payload bits' means (target 0.5) and largest pairwise |correlation|
-   (target ~0), and the chip matches against the same decoder on i.i.d. N(0, 1) noise, the exact null (the
-   share of clean images above its 99th / 99.9th percentile: about 0.01 / 0.001 when the chips are independent).
-5. Losslessness: FID (ebru.eval) of the N watermarked and the N unwatermarked samples of the same seeds against
-   the test set, and the seed spread: |FID(seeds 0..N-1) - FID(seeds N..2N-1)|, both unwatermarked; also the
-   standard deviation of FID over every disjoint set of N unwatermarked seeds drawn (``fid_seed_std``; at
-   least 5 sets, ``--clean`` >= 5 N, make it and ``fid_watermarked_z`` meaningful).
+   unwatermarked generations, over the store's ids (``fp_<set>``) and blind (``fp_blind_<set>``): detections
+   (target 0), the smallest p-value, and the independence checks the p-value rests on: the blindly decoded
+   payload bits' means (target 0.5) and largest pairwise |correlation| (target ~0), and the scores against the
+   same decoder on i.i.d. N(0, 1) noise, the exact null (the share of clean images above its 99th / 99.9th
+   percentile: about 0.01 / 0.001 when the chip signs are independent).
+5. Losslessness: FID (ebru.eval; RGB images in grey at 28x28, the feature network's input) of the N watermarked
+   and the N unwatermarked samples of the same seeds against the Fashion-MNIST test set, and the seed spread:
+   |FID(seeds 0..N-1) - FID(seeds N..2N-1)|, both unwatermarked; also the standard deviation of FID over every
+   disjoint set of N unwatermarked seeds drawn (``fid_seed_std``; at least 5 sets, ``--clean`` >= 5 N, make it
+   and ``fid_watermarked_z`` meaningful).
 6. Re-association (``ebru provenance find``'s logic): every watermarked output stripped of its metadata,
    resized x0.5 and saved as JPEG 75, decoded over the store's ids (``known_ids``) and looked up with
    ``find_by_id``: the fraction whose record is the original file's (target >= 99 %).
@@ -86,12 +92,24 @@ def progress(i: int, n: int, what: str) -> None:
     print(f"  {what}: {i}/{n}", end="\n" if i >= n else "\r", flush=True)
 
 
+# a text-to-image model draws seed s with PROMPTS[s % len(PROMPTS)] (the quickstart's world, with its default guidance)
+PROMPTS = ["a red sneaker", "a blue dress", "a green bag", "a white ankle boot", "a yellow pullover", "a purple coat",
+           "a cyan trouser", "a red sandal", "a white shirt", "a green t-shirt"]
+
+
 def generate(pipe, seeds: list[int], batch: int, what: str, **kw) -> torch.Tensor:
     """Samples of ``seeds`` (B, C, H, W) in [-1, 1], drawn ``batch`` at a time."""
+    from ebru.pipelines import TextToImagePipeline
+
     chunks = []
     for i in range(0, len(seeds), batch):
+        part = seeds[i:i + batch]
         with torch.inference_mode():
-            chunks.append(pipe(len(seeds[i:i + batch]), seeds=seeds[i:i + batch], **kw).clamp(-1, 1))
+            if isinstance(pipe, TextToImagePipeline):
+                x = pipe([PROMPTS[s % len(PROMPTS)] for s in part], n=1, seeds=part, **kw)
+            else:
+                x = pipe(len(part), seeds=part, **kw)
+            chunks.append(x.clamp(-1, 1))
         progress(min(i + batch, len(seeds)), len(seeds), what)
     return torch.cat(chunks)
 
@@ -119,7 +137,8 @@ class Detector:
     def __init__(self, model, steps: int, channels: int):
         self.model, self.steps, self.channels = model, steps, channels
 
-    def __call__(self, paths: list[Path], candidates: list[int] | None = None) -> tuple[list[dict], float]:
+    def __call__(self, paths: list[Path], candidates: list[int] | str | None = "store") -> tuple[list[dict], float]:
+        """Rows of ``detect_files``: over the store's ids (ebru's default) or ``candidates=None`` (blind)."""
         from ebru.pipelines.watermark import detect_files
 
         t = time.perf_counter()
@@ -142,18 +161,29 @@ def cell_stats(rows: list[dict], true_ids: list[int], seconds: float) -> dict:
     from ebru.provenance import payload_accuracy
 
     acc = np.asarray(payload_accuracy(decoded(rows), true_ids))
-    chips = np.asarray([r["bit_accuracy"] for r in rows])
+    chips = np.asarray([r["chip_accuracy"] for r in rows])
+    scores = np.asarray([r["score"] for r in rows])
     hit = np.asarray([r["detected"] for r in rows])
     right = hit & np.asarray([r["watermark_id"] == t for r, t in zip(rows, true_ids, strict=True)])
     return {"n": len(rows), "bit_acc": float(acc.mean()), "bit_acc_p5": float(np.percentile(acc, 5)),
             "chip_acc": float(chips.mean()), "chip_acc_p5": float(np.percentile(chips, 5)),
+            "score_mean": float(scores.mean()), "score_p5": float(np.percentile(scores, 5)),
+            "hypotheses": rows[0]["hypotheses"],
             "tpr": float(hit.mean()), "id_correct": float(right.mean()),
             "median_log10_p": float(np.median([r["log10_p_value"] for r in rows])),
             "detect_seconds_per_image": seconds / len(rows)}
 
 
+def both_ways(detect: Detector, paths: list[Path], true_ids: list[int]) -> dict:
+    """One cell decoded over the store's ids (ebru's default; ``tpr``, ``id_correct``) and blind over all 2**32
+    ids (``blind``: its TPR, and the payload bit accuracy, which only a blind decode measures)."""
+    rows, seconds = detect(paths)
+    blind_rows, blind_seconds = detect(paths, candidates=None)
+    return {**cell_stats(rows, true_ids, seconds), "blind": cell_stats(blind_rows, true_ids, blind_seconds)}
+
+
 def iid_null(scheme, n: int, chunk: int = 2000) -> list[dict]:
-    """The decoder on i.i.d. N(0, 1) "noise estimates": the exact null the binomial p-value assumes."""
+    """The decoder on i.i.d. N(0, 1) "noise estimates": the exact null the p-value assumes."""
     g = torch.Generator().manual_seed(0)
     return [d.to_dict() for i in range(0, n, chunk)
             for d in scheme.decode(torch.randn(min(chunk, n - i), *scheme.shape, generator=g), fpr=FPR)]
@@ -162,13 +192,13 @@ def iid_null(scheme, n: int, chunk: int = 2000) -> list[dict]:
 def null_stats(rows: list[dict], ref_matches: np.ndarray) -> dict:
     """False positives and the independence checks on images without this watermark.
 
-    ``ref_matches``: the decoded chip matches of :func:`iid_null`. Where the chips of clean images are
-    independent fair coins (what the p-value assumes), the matches are distributed alike and about 1 % (0.1 %)
+    ``ref_matches``: the blind decoder's scores on :func:`iid_null`. Where the chip signs of clean images are
+    independent fair coins (what the p-value assumes), the scores are distributed alike and about 1 % (0.1 %)
     of the images exceed the reference's 99th (99.9th) percentile; more means a heavier tail than the p-value's.
     """
     n, bits_n = len(rows), rows[0]["id_bits"]
     log_p = np.asarray([r["log10_p_value"] for r in rows])
-    matches = np.asarray([r["chip_matches"] for r in rows])
+    matches = np.asarray([r["score"] for r in rows])
     ids = np.asarray([r["watermark_id"] for r in rows], dtype=np.int64)
     bits = ((ids[:, None] >> np.arange(bits_n)) & 1).astype(np.float64)  # (n, id_bits) decoded payload bits
     means = bits.mean(0)
@@ -178,7 +208,7 @@ def null_stats(rows: list[dict], ref_matches: np.ndarray) -> dict:
     pairs = bits_n * (bits_n - 1) // 2
     return {"n": n, "detected": int(sum(r["detected"] for r in rows)), "min_log10_p": float(log_p.min()),
             "matches_mean": float(matches.mean()), "matches_sd": float(matches.std(ddof=1)),
-            "matches_max": int(matches.max()), "chips": rows[0]["chips"],
+            "matches_max": float(matches.max()), "chips": rows[0]["chips"],
             "rate_above_iid_p99": float((matches > np.percentile(ref_matches, 99)).mean()),
             "rate_above_iid_p999": float((matches > np.percentile(ref_matches, 99.9)).mean()),
             "bit_means": [float(m) for m in means], "bit_mean_max_dev": float(np.abs(means - 0.5).max()),
@@ -214,18 +244,23 @@ def reassociate(paths: list[Path], detect: Detector, folder: Path) -> dict:
 
 
 def print_table(cells: dict, nulls: dict, summary: dict) -> None:
-    print(f"\n{'cell':<22}{'n':>6}{'bit acc':>9}{'p5':>7}{'chip acc':>10}{'TPR@1e-6':>10}{'id right':>10}{'s/img':>8}")
+    print(f"\n{'cell':<22}{'n':>6}{'score':>7}{'p5':>6}{'chip acc':>9}{'TPR store':>10}{'id right':>9}"
+          f"{'TPR blind':>10}{'bit acc':>8}{'p5':>7}{'s/img':>7}")
     for name, c in cells.items():
-        print(f"{name:<22}{c['n']:>6}{c['bit_acc']:>9.4f}{c['bit_acc_p5']:>7.3f}{c['chip_acc']:>10.4f}"
-              f"{c['tpr']:>10.3f}{c['id_correct']:>10.3f}{c['detect_seconds_per_image']:>8.3f}")
-    print(f"\n{'clean set':<22}{'n':>6}{'detected':>9}{'min log10 p':>12}{'matches':>15}{'>iid p99':>9}"
+        b = c["blind"]
+        print(f"{name:<22}{c['n']:>6}{c['score_mean']:>7.1f}{c['score_p5']:>6.1f}{c['chip_acc']:>9.4f}{c['tpr']:>10.3f}"
+              f"{c['id_correct']:>9.3f}{b['tpr']:>10.3f}{b['bit_acc']:>8.4f}{b['bit_acc_p5']:>7.3f}"
+              f"{c['detect_seconds_per_image']:>7.3f}")
+    print(f"  TPR at FPR 1e-6: 'store' decodes over the {summary['store_ids']} ids of the store (ebru's default), "
+          "'blind' over all 2**32; bit acc: the blind decode's payload bits right; score: see Decoded")
+    print(f"\n{'clean set':<22}{'n':>6}{'detected':>9}{'min log10 p':>12}{'score':>15}{'>iid p99':>9}"
           f"{'>p99.9':>8}{'|bit mean-.5|':>16}{'max |corr|':>15}")
     for name, s in nulls.items():
         print(f"{name:<22}{s['n']:>6}{s['detected']:>9}{s['min_log10_p']:>12.2f}"
               f"{s['matches_mean']:>8.1f} ±{s['matches_sd']:5.1f}{s['rate_above_iid_p99']:>9.4f}"
               f"{s['rate_above_iid_p999']:>8.4f}{s['bit_mean_max_dev']:>9.4f} ({s['chance_bit_mean_dev']:.3f})"
               f"{s['bit_corr_max_abs']:>8.3f} ({s['chance_bit_corr_max']:.3f})")
-    print("  matches: chips agreeing with the decoded id (mean ± sd); >iid p99: share above the 99th percentile of the "
+    print("  detected / score: blind decode (mean ± sd); >iid p99: share above the 99th percentile of the "
           "same decoder on i.i.d. noise (independent chips: 0.01); in brackets: what independent fair bits give")
     print(f"\nFID watermarked {summary['fid_watermarked']:.3f}, unwatermarked {summary['fid_unwatermarked']:.3f}, "
           f"difference {summary['fid_difference']:.3f}; seed spread {summary['fid_seed_spread']:.3f} "
@@ -268,6 +303,7 @@ def main() -> None:
 
     from ebru.data import load_dataset
     from ebru.eval import evaluate_images, load_feature_net, reference_set
+    from ebru.pipelines import TextToImagePipeline
     from ebru.pipelines.image import ImagePipeline, load_image_model
     from ebru.pipelines.outputs import write_images
     from ebru.provenance import verify_file
@@ -279,8 +315,9 @@ def main() -> None:
 
         model_dir = train_teacher(out / "teacher", args.teacher_steps, None)
     model = load_image_model(model_dir)
-    wm = ImagePipeline.from_pretrained(model, watermark=True)
-    plain = ImagePipeline.from_pretrained(model, watermark=False)
+    kind = TextToImagePipeline if model.config.get("text_encoder") else ImagePipeline
+    wm = kind.from_pretrained(model, watermark=True)
+    plain = kind.from_pretrained(model, watermark=False)
     setting = wm.sampling(None, args.steps)
     sampler, steps = setting["sampler"], setting["steps"]
     params = {"sampler": sampler, "steps": steps, "schedule": str(setting["schedule"])}
@@ -310,25 +347,28 @@ def main() -> None:
     cells: dict[str, dict] = {}
     for name, attack in ATTACKS.items():
         paths = write_pngs([attack(a, seed=i) for i, a in enumerate(written)], out / "attacked" / name)
-        rows, seconds = detect(paths)
-        cells[name] = cell_stats(rows, true_ids[:n_attack], seconds)
+        cells[name] = both_ways(detect, paths, true_ids[:n_attack])
         print(f"  {name:<20} bit acc {cells[name]['bit_acc']:.4f}  TPR {cells[name]['tpr']:.3f}", flush=True)
     for s, k in mismatch:
         name = f"sampler_{s}{k}"
         x = generate(wm, seeds[:n_attack], args.batch, f"watermarked, {s} {k} steps", sampler=s,
                      num_inference_steps=k)
-        rows, seconds = detect(write_pngs(uint8_arrays(x), out / "attacked" / name))
-        cells[name] = {**cell_stats(rows, true_ids[:n_attack], seconds), "sampler": s, "steps": k}
+        paths = write_pngs(uint8_arrays(x), out / "attacked" / name)
+        cells[name] = {**both_ways(detect, paths, true_ids[:n_attack]), "sampler": s, "steps": k}
         print(f"  {name:<20} bit acc {cells[name]['bit_acc']:.4f}  TPR {cells[name]['tpr']:.3f}", flush=True)
 
     # 4. false positives and independence on images without the watermark
     test = load_dataset("fashion-mnist:test").tensors()[0][:clean]
     ref_rows = iid_null(wm.watermark, max(clean, 20000))
-    ref_matches = np.asarray([r["chip_matches"] for r in ref_rows])
+    ref_matches = np.asarray([r["score"] for r in ref_rows])
     nulls = {"iid_noise": null_stats(ref_rows, ref_matches)}
     for name, images in (("fashion_mnist", test), ("unwatermarked", x_plain[:clean])):
-        rows, _ = detect(write_pngs(uint8_arrays(images), out / "clean" / name))
+        paths = write_pngs(uint8_arrays(images), out / "clean" / name)
+        rows, _ = detect(paths, candidates=None)  # blind: the decoded bits' fairness and the scores' tail
         nulls[name] = null_stats(rows, ref_matches)
+        store_rows, _ = detect(paths)  # ebru's default decoder, over the store's ids: its false positives
+        nulls[name].update(detected_store=int(sum(r["detected"] for r in store_rows)),
+                           min_log10_p_store=float(min(r["log10_p_value"] for r in store_rows)))
         print(f"  clean {name}: {nulls[name]['detected']} detected of {len(rows)}", flush=True)
 
     # 5. losslessness: FID with and without the watermark, and the seed-to-seed spread
@@ -336,6 +376,9 @@ def main() -> None:
     ref = reference_set(net, progress=True)
 
     def fid(images: torch.Tensor) -> float:
+        if tuple(images.shape[1:]) != (1, 28, 28):  # e.g. the quickstart's 3x32x32: compared in grey at 28x28
+            images = torch.nn.functional.interpolate(images.mean(1, keepdim=True), size=(28, 28), mode="bilinear",
+                                                     antialias=True, align_corners=False)
         return float(evaluate_images(images, metrics="fid", feature_net=net, reference=ref, floor=False)
                      ["metrics"]["fid"])
 
@@ -345,12 +388,16 @@ def main() -> None:
     reassoc = reassociate(wm_files, detect, out / "reassociation")
 
     summary = {"n": n, "n_attack": n_attack, "clean": clean, "sampler": sampler, "steps": steps,
-               "detect_steps": args.detect_steps, "bit_acc_clean": cells["none"]["bit_acc"]}
+               "detect_steps": args.detect_steps, "bit_acc_clean": cells["none"]["blind"]["bit_acc"],
+               "store_ids": cells["none"]["hypotheses"]}
     for name, c in cells.items():
-        summary.update({f"tpr_{name}": c["tpr"], f"bit_acc_{name}": c["bit_acc"], f"bit_acc_p5_{name}": c["bit_acc_p5"],
-                        f"chip_acc_{name}": c["chip_acc"]})
+        b = c["blind"]
+        summary.update({f"tpr_{name}": c["tpr"], f"tpr_blind_{name}": b["tpr"], f"id_correct_{name}": c["id_correct"],
+                        f"bit_acc_{name}": b["bit_acc"], f"bit_acc_p5_{name}": b["bit_acc_p5"],
+                        f"chip_acc_{name}": c["chip_acc"], f"score_{name}": c["score_mean"]})
     for name, s in ((k, v) for k, v in nulls.items() if k != "iid_noise"):
-        summary.update({f"fp_{name}": s["detected"], f"fp_{name}_min_log10_p": s["min_log10_p"],
+        summary.update({f"fp_{name}": s["detected_store"], f"fp_blind_{name}": s["detected"],
+                        f"fp_{name}_min_log10_p": min(s["min_log10_p"], s["min_log10_p_store"]),
                         f"fp_{name}_above_iid_p999": s["rate_above_iid_p999"],
                         f"bit_mean_max_dev_{name}": s["bit_mean_max_dev"],
                         f"bit_corr_max_abs_{name}": s["bit_corr_max_abs"]})

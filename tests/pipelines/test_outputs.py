@@ -130,6 +130,15 @@ def test_sample_writes_trusted_recorded_marked_files_that_detect_reads_back(caps
     assert [r["detected"] for r in rows] == [True] * 3
     assert [r["watermark_id"] for r in rows] == pipe.watermark_ids([5, 6, 7])
     assert max(r["log10_p_value"] for r in rows) < -6 and "3 of 3 file(s) carry this key's watermark" in stdout
+    # by default the decoder chooses among the store's ids (the 3 files and the grid's 3: 3 distinct ids);
+    # --all-ids decodes blind, over 2**32 ids, with a larger p-value for the same score
+    assert all(r["hypotheses"] == 3 for r in rows) and "decoded over 3 ids of the local store" in stdout
+    code, stdout, err = run(capsys, "watermark", "detect", *files, "--model", model, "--allow-unsigned",
+                            "--all-ids", "--json", report)
+    blind = json.loads(report.read_text(encoding="utf-8"))
+    assert code == 0 and all(r["hypotheses"] == 2**32 for r in blind) and "decoded over every id" in stdout
+    assert [r["watermark_id"] for r in blind] == pipe.watermark_ids([5, 6, 7])
+    assert all(b["log10_p_value"] > r["log10_p_value"] for b, r in zip(blind, rows, strict=True))
     # with another key: not detected, and no error
     other = generate_watermark_key(tmp_path, "other")
     code, stdout, _ = run(capsys, "watermark", "detect", *files, "--model", model, "--allow-unsigned", "--key", other)

@@ -240,26 +240,44 @@ def _all_sign_patterns(d: int) -> torch.Tensor:
 
 
 def test_union_bound_p_value_against_enumeration():
-    """D = 12 chips, 2 bits: enumerate all 4,096 equally likely sign patterns of a null noise estimate."""
+    """D = 12 chips, 2 bits: enumerate all 4,096 equally likely sign patterns of a null noise estimate.
+
+    Under the null the signs are fair coins whatever the magnitudes, so every pattern is equally likely
+    given the magnitudes: the reported p-value must be valid (P(p <= a) <= a for every a) for pure
+    signs and for fixed unequal magnitudes, blind and over a candidate list."""
     gs = GaussianShading(SECRET, (3, 2, 2), id_bits=2)
     signs = _all_sign_patterns(12)
-    mags = torch.rand(12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.1
-    for values in (signs, signs * mags):  # pure signs; and the same signs with fixed magnitudes
-        decoded = gs.decode(values.reshape(-1, 3, 2, 2))
-        matches = torch.tensor([d.chip_matches for d in decoded])
-        per_id = ((values > 0)[:, None, :] == gs.encode([0, 1, 2, 3])[None]).sum(-1)  # (4096, 4)
-        assert bool((matches <= per_id.max(1).values).all())
-        if values is signs:  # with equal magnitudes the soft majority is the hard one: the best id
-            assert torch.equal(matches, per_id.max(1).values)
-        for m in range(13):
-            exact = float((matches >= m).double().mean())
-            bound = min(1.0, 4 * binomial_sf(m - 1, 12))
-            assert exact <= bound + 1e-12
-            # and the p-value reported for a pattern with m matches is that bound
-            assert all(d.p_value == pytest.approx(bound, rel=1e-12) for d in decoded if d.chip_matches == m)
-        p = torch.tensor([d.p_value for d in decoded])
-        for t in p.unique().tolist():  # validity: P(p <= t) <= t under the null
-            assert float((p <= t).double().mean()) <= t + 1e-12
+    mags = torch.rand(12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 0.1
+    codes = gs.encode([0, 1, 2, 3]).double() * 2 - 1  # (4, 12): +-1 code of each id
+    for values in (signs, signs * mags):
+        for candidates in (None, [1, 3]):
+            decoded = gs.decode(values.reshape(-1, 3, 2, 2), candidates=candidates)
+            ids = [0, 1, 2, 3] if candidates is None else candidates
+            # the score is the best id's correlation over the norm, and the id is that best one
+            corr = values @ codes[ids].T / values.norm(dim=1, keepdim=True)
+            torch.testing.assert_close(torch.tensor([d.score for d in decoded], dtype=torch.float64),
+                                       corr.max(1).values)
+            assert all(d.hypotheses == len(ids) for d in decoded)
+            p = torch.tensor([d.p_value for d in decoded])
+            assert torch.equal(p, (len(ids) * torch.exp(-corr.max(1).values.clamp(min=0) ** 2 / 2)).clamp(max=1)
+                               .float().double()) or torch.allclose(
+                p, (len(ids) * torch.exp(-corr.max(1).values.clamp(min=0) ** 2 / 2)).clamp(max=1), rtol=1e-9)
+            for t in p.unique().tolist():  # validity: P(p <= t) <= t under the null
+                assert float((p <= t).double().mean()) <= t + 1e-12
+
+
+def test_soft_score_beats_counting_signs_on_a_noisy_estimate(scheme):
+    """A noise estimate z + e (e Gaussian, as inversion errors are): weighting chips by magnitude scores
+    higher than counting agreeing signs would (its z-score), as a likelihood ratio should."""
+    ids = _ids(200, seed=3)
+    z = scheme.noise(list(range(200)), ids).double()
+    est = z + 1.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    decoded = scheme.decode(est, candidates=ids)
+    d = scheme.chips
+    count_z = torch.tensor([(m.chip_matches - d / 2) / math.sqrt(d / 4) for m in decoded])
+    score = torch.tensor([m.score for m in decoded])
+    assert [m.watermark_id for m in decoded] == ids
+    assert float(score.mean()) > 1.1 * float(count_z.mean())
 
 
 @pytest.mark.parametrize("n", [1, 12, 50, 200])
@@ -282,17 +300,26 @@ def test_binomial_tail_in_log_space_far_below_float_range():
     assert binomial_sf(k, n) == 0.0 and log_binomial_sf(n, n) == -math.inf
 
 
-def test_min_matches_is_the_detection_threshold(scheme):
-    m = scheme.min_matches(1e-6)
-    # p(m) <= 1e-6 < p(m - 1), with the union bound over 2**32 ids and D = 256
-    assert 2**32 * binomial_sf(m - 1, 256) <= 1e-6 < 2**32 * binomial_sf(m - 2, 256)
+def test_min_score_is_the_detection_threshold(scheme):
+    t = GaussianShading.min_score(1e-6)  # union over 2**32 ids
+    assert 2**32 * math.exp(-t * t / 2) == pytest.approx(1e-6, rel=1e-9)
+    assert GaussianShading.min_score(1e-6, 1000) == pytest.approx(math.sqrt(2 * math.log(1e9)), rel=1e-12)
     code = scheme.encode(77).double().flatten() * 2 - 1  # +-1: a perfect estimate of the chips
-    for agree in (m, m - 1):
-        est = code.clone()
-        est[agree:] *= -0.01  # wrong but weak: the soft majority still reads id 77
+    for target in (t * 1.001, t * 0.999):
+        # the +-1 code diluted by a component that sums to 0 within every bit's chips (after the keystream's
+        # flips), so it moves no bit's soft sum and is orthogonal to the code: score = sqrt(D) * cos
+        ortho = torch.zeros(256, dtype=torch.float64)
+        for b in range(32):
+            chips = (scheme.bit_of_chip == b).nonzero().flatten()
+            ortho[chips] = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(len(chips) // 2)
+        ortho = torch.where(scheme.flip, -ortho, ortho)
+        assert abs(float(ortho @ code)) < 1e-12
+        cos = target / math.sqrt(256)
+        est = code / code.norm() * cos + ortho / ortho.norm() * math.sqrt(1 - cos * cos)
         d = scheme.decode(est.reshape(1, *SHAPE))[0]
-        assert (d.watermark_id, d.chip_matches, d.detected) == (77, agree, agree == m)
-        assert d.bit_accuracy == agree / 256
+        assert d.watermark_id == 77 and d.score == pytest.approx(target, rel=1e-9)
+        assert d.detected == (target > t)
+        assert d.chip_accuracy == d.chip_matches / 256
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -300,7 +327,7 @@ def test_min_matches_is_the_detection_threshold(scheme):
 
 def test_payload_accuracy_counts_the_right_bits():
     def dec(wid):
-        return Decoded(wid, False, 1.0, 0.0, 0.5, 0, 8, 8, 256, 1e-6, "k")
+        return Decoded(wid, False, 1.0, 0.0, 0.0, 0.5, 0, 8, 8, 256, 1e-6, "k")
 
     assert payload_accuracy([dec(0b1111_0000), dec(0)], [0b1111_0000, 0b1000_0001]) == [1.0, 0.75]
     with pytest.raises(ValueError, match=r"2 decoded results for 1 true ids"):

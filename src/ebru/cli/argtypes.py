@@ -73,6 +73,11 @@ def finite_float(text: str) -> float:
     return _number(text)
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _number(text, positive=True)
+
+
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0."""
     return _number(text, minimum=0.0)

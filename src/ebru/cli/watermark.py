@@ -21,17 +21,19 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         rows = detect_posthoc_files(args.files, key=args.key, fpr=args.fpr)
         what, how = "post-hoc mark", "give --model MODEL_DIR to read the noise watermark of generated images"
     else:
-        candidates = None
-        if args.known_ids:
+        candidates: list[int] | None = None
+        if not args.all_ids:
             from ebru.provenance import known_ids
 
             candidates = known_ids() or None
             if candidates is None:
-                print("ebru: note: --known-ids: the local store holds no ids yet; decoding over every id",
+                print("ebru: note: the local provenance store holds no ids yet; decoding over every id",
                       file=sys.stderr)
         rows = detect_files(args.files, load_model(args), key=args.key, steps=args.steps, fpr=args.fpr,
-                            candidates=candidates, device=args.device)
-        what, how = "watermark", f"inversion: DDIM, {args.steps} steps, unconditional"
+                            sigma_start=args.sigma_start, candidates=candidates, device=args.device)
+        ids = f"{len(candidates)} ids of the local store" if candidates else "every id"
+        what, how = "watermark", (f"inversion: DDIM, {args.steps} steps from sigma {args.sigma_start:g}, "
+                                  f"unconditional; decoded over {ids}")
     for row in rows:
         print(describe(row))
     found = sum(1 for r in rows if r.get("detected"))
@@ -68,8 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="DDIM inversion steps (default 20)")
     d.add_argument("--fpr", type=argtypes.probability, default=1e-6, metavar="P",
                    help="false-positive target per file (default 1e-6)")
-    d.add_argument("--known-ids", action="store_true",
-                   help="decode over the ids in the local provenance store only (stronger, for your own outputs)")
+    d.add_argument("--all-ids", action="store_true",
+                   help="decode over every possible id (blind), not only the ids of the local provenance store "
+                        "(the default: a stronger test, for this installation's own outputs)")
+    d.add_argument("--sigma-start", type=argtypes.positive_float, default=0.3, metavar="SIGMA",
+                   help="noise level the inversion starts from (default 0.3: a file's rounding and compression "
+                        "errors are treated as noise)")
     d.add_argument("--device", default="cpu", type=argtypes.device, help="cpu (default) or cuda")
     add_json(d, "the per-file results")
     add_trust_flags(d)
