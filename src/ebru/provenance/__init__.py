@@ -9,6 +9,8 @@
 - :mod:`ebru.provenance.posthoc` — the post-hoc mark for images ebru did not make (tiled spread spectrum, sync
   template, convolutional code in :mod:`~ebru.provenance.convcode`); :mod:`~ebru.provenance.attacks` — the
   attack grid the benchmarks share; :mod:`~ebru.provenance.images` — bounded reading of a user's image.
+- :mod:`ebru.provenance.detector` — the generated-image detector (p(generated) and a map of edited regions), a
+  supporting signal only (:data:`~ebru.provenance.detector.SUPPORTING_SIGNAL`), and its threshold calibration.
 
 Names are imported on first use (PEP 562), so that ``ebru provenance verify`` and ``ebru ca init``
 start without loading torch.
@@ -24,7 +26,11 @@ _EXPORTS = {
     "CAFiles": "ca",
     "DEFAULT_FPR": "watermark",
     "DEFAULT_ID_BITS": "watermark",
+    "DETECTOR_FPR": "detector",
     "Decoded": "watermark",
+    "Detector": "detector",
+    "DetectorNet": "detector",
+    "DetectorPrediction": "detector",
     "ENV_C2PA_DIR": "ca",
     "ENV_STORE": "record",
     "ENV_WATERMARK_KEY": "wmkeys",
@@ -34,6 +40,7 @@ _EXPORTS = {
     "PosthocMark": "posthoc",
     "PosthocResult": "posthoc",
     "ProvenanceError": "errors",
+    "SUPPORTING_SIGNAL": "detector",
     "SignedImage": "c2pa",
     "SigningIdentity": "ca",
     "Verdict": "c2pa",
@@ -41,9 +48,11 @@ _EXPORTS = {
     "WatermarkKey": "wmkeys",
     "apply_attack": "attacks",
     "apply_prompt_policy": "c2pa",
+    "auroc": "detector",
     "binomial_sf": "watermark",
     "c2pa_dir": "ca",
     "c2pa_settings": "c2pa",
+    "calibrate_threshold": "detector",
     "default_signer": "ca",
     "default_watermark_key": "wmkeys",
     "default_watermark_key_path": "wmkeys",
@@ -65,6 +74,7 @@ _EXPORTS = {
     "store_dir": "record",
     "verify_file": "c2pa",
     "watermark_key_id": "wmkeys",
+    "write_detector": "detector",
     "write_signed_png": "c2pa",
 }
 
