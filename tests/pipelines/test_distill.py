@@ -306,9 +306,6 @@ def other_package(path, config, license_id="apache-2.0"):
      r"manifest.json: missing: this directory is not a verified model package"),
     (lambda p: other_package(p, {"kind": "text-diffusion"}),
      r"config.json: a 'text-diffusion' model; ebru distill makes few-step students of ebru image-diffusion models"),
-    (lambda p: other_package(p, {"kind": "image-diffusion", "image_shape": [1, 8, 8],
-                                 "text_encoder": {"name": "all-MiniLM-L6-v2"}}),
-     r"a text-to-image model; distilling text-to-image teachers is not implemented yet"),
     (lambda p: other_package(p, {"kind": "image-diffusion", "image_shape": [1, 8, 8]}, "cc-by-nc-4.0"),
      r"MODEL_CARD.md: licence 'cc-by-nc-4.0' is denied by the licence policy"),
 ])

@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="progressive: the teacher's Euler steps that round 1 halves (default: the largest power of "
                         "two <= the teacher's sampling steps)")
     p.add_argument("--guidance", type=_guidance, default=None, metavar="LO,HI|W",
-                   help="class-conditional teachers: the range of guidance scales the student takes as an input "
+                   help="class-conditional and text-to-image teachers: the range of guidance scales the student "
+                        "takes as an input "
                         "(default 1,2w for the teacher's scale w), or one scale W distilled into its weights; "
                         "reflow: one scale W (default w)")
     p.add_argument("--pairs", type=argtypes.positive_int, default=None, metavar="N",

@@ -264,6 +264,7 @@ def progressive_loss(student: Callable[..., Tensor], teacher: Callable[..., Tens
 
 # ---------------------------------------------------------------------------------------- guidance as an input
 GUIDANCE_FEATURES = 16  # width of a student's guidance-scale features (its network's pooled input)
+GUIDANCE_KEYS = ("encoder_pooled", "guidance_features")  # the network inputs a guidance-scale input may use
 
 
 def guidance_features(w: Tensor, dim: int = GUIDANCE_FEATURES) -> Tensor:
@@ -285,20 +286,26 @@ class GuidanceInput(torch.nn.Module):
     """A Denoiser whose network takes the guidance scale as an input: ``D(x, sigma, guidance=w, **cond)``.
 
     ``w`` (a number or (B,) tensor; default ``default``) goes to the wrapped Denoiser as
-    ``encoder_pooled = guidance_features(w)``: one network call per step where classifier-free
-    guidance makes two. Wraps a distilled student (its ``config.json`` says ``guidance_input``).
+    ``<key> = guidance_features(w)``: one network call per step where classifier-free guidance makes two.
+    ``key`` is the network input that reads it: ``encoder_pooled`` (default; a class-conditional or
+    unconditional student, whose pooled input is free) or ``guidance_features`` (a text-to-image student,
+    whose pooled input carries the sentence vector: ``ebru.nets``' ``guidance_dim``). Wraps a distilled
+    student (its ``config.json`` says ``guidance_input``, and ``guidance_input.input`` names a key other
+    than the default).
     """
 
-    def __init__(self, denoiser: Callable[..., Tensor], default: float, dim: int = GUIDANCE_FEATURES):
+    def __init__(self, denoiser: Callable[..., Tensor], default: float, dim: int = GUIDANCE_FEATURES,
+                 key: str = "encoder_pooled"):
         super().__init__()
         self.denoiser = denoiser
         self.default = float(default)
         self.dim = dim
+        self.key = one_of("guidance input", key, GUIDANCE_KEYS)
 
     def forward(self, x: Tensor, sigma: Tensor | float, guidance: Tensor | float | None = None,
                 **cond: Any) -> Tensor:
         w = sigma_batch(self.default if guidance is None else guidance, x)
-        return self.denoiser(x, sigma, encoder_pooled=guidance_features(w, self.dim).to(x.device), **cond)
+        return self.denoiser(x, sigma, **{self.key: guidance_features(w, self.dim).to(x.device)}, **cond)
 
 
 class PerSampleGuidance:

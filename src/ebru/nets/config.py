@@ -109,6 +109,9 @@ class UNetConfig(NetConfig):
         cond_dim: width of text encoder states for cross-attention (e.g. 384 for MiniLM).
         pooled_dim: width of the pooled sentence vector added, through an MLP, to the noise embedding
             (the pooled-text path of SDXL's ``text_embeds`` / DiT-style adaLN conditioning), e.g. 384.
+        guidance_dim: width of a second pooled input, ``guidance_features`` (B, guidance_dim), added to the
+            noise embedding the same way: the guidance-scale input of a distilled text-to-image student,
+            whose ``pooled_dim`` is the text's (:class:`ebru.diffusion.distill.GuidanceInput`).
         noise_embedding: ``"positional"`` (sinusoidal, ADM) or ``"fourier"`` (random, NCSN++).
         resample: ``"conv"`` (strided conv down, nearest + conv up) or ``"pool"`` (average pool
             down, nearest up, no parameters).
@@ -127,6 +130,7 @@ class UNetConfig(NetConfig):
     num_classes: int | None = None
     cond_dim: int | None = None
     pooled_dim: int | None = None
+    guidance_dim: int | None = None
     noise_embedding: str = "positional"
     resample: str = "conv"
 
@@ -136,7 +140,7 @@ class UNetConfig(NetConfig):
         self._check_kind()
         for name in ("image_size", "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads"):
             _positive_int(name, getattr(self, name))
-        for name in ("num_classes", "cond_dim", "pooled_dim"):
+        for name in ("num_classes", "cond_dim", "pooled_dim", "guidance_dim"):
             _optional_positive_int(name, getattr(self, name))
         _dropout(self.dropout)
         _choice("noise_embedding", self.noise_embedding, NOISE_EMBEDDINGS)
@@ -184,6 +188,7 @@ class DiTConfig(NetConfig):
         num_classes: number of classes for class conditioning (a null row is added for CFG).
         cond_dim: width of text encoder states for cross-attention in every block.
         pooled_dim: width of the pooled sentence vector added, through an MLP, to the adaLN conditioning.
+        guidance_dim: width of the ``guidance_features`` input added the same way (see :class:`UNetConfig`).
         dropout: dropout on attention weights and in the MLP.
     """
 
@@ -199,6 +204,7 @@ class DiTConfig(NetConfig):
     num_classes: int | None = None
     cond_dim: int | None = None
     pooled_dim: int | None = None
+    guidance_dim: int | None = None
     dropout: float = 0.0
 
     KIND: ClassVar[str] = "dit"
@@ -207,7 +213,7 @@ class DiTConfig(NetConfig):
         self._check_kind()
         for name in ("image_size", "patch_size", "in_channels", "out_channels", "hidden", "depth", "num_heads"):
             _positive_int(name, getattr(self, name))
-        for name in ("num_classes", "cond_dim", "pooled_dim"):
+        for name in ("num_classes", "cond_dim", "pooled_dim", "guidance_dim"):
             _optional_positive_int(name, getattr(self, name))
         _dropout(self.dropout)
         if (isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, int | float)

@@ -111,6 +111,7 @@ class DiT(nn.Module):
         self.noise_embed = NoiseEmbedding("positional", 256, d)
         self.label_embed = LabelEmbedding(cfg.num_classes, d) if cfg.num_classes else None
         self.pooled_embed = PooledEmbedding(cfg.pooled_dim, d) if cfg.pooled_dim else None
+        self.guidance_embed = PooledEmbedding(cfg.guidance_dim, d) if cfg.guidance_dim else None
         self.text = TextContext(cfg.cond_dim) if cfg.cond_dim else None
         self.blocks = nn.ModuleList(
             DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.cond_dim, cfg.dropout) for _ in range(cfg.depth))
@@ -133,8 +134,9 @@ class DiT(nn.Module):
             zero_(block.ada)
             if block.cross is not None:
                 zero_(block.cross.proj)
-        if self.pooled_embed is not None:
-            zero_(self.pooled_embed.mlp[2])
+        for pooled in (self.pooled_embed, self.guidance_embed):
+            if pooled is not None:
+                zero_(pooled.mlp[2])
         zero_(self.ada_out)
         zero_(self.out)
 
@@ -153,10 +155,11 @@ class DiT(nn.Module):
         encoder_states: Tensor | None = None,
         encoder_mask: Tensor | None = None,
         encoder_pooled: Tensor | None = None,
+        guidance_features: Tensor | None = None,
     ) -> Tensor:
         check_image(x, self.config.in_channels, self.config.image_size)
         c, context, keep = conditioning(self, x, c_noise, class_labels, encoder_states, encoder_mask,
-                                      encoder_pooled)
+                                      encoder_pooled, guidance_features)
         c = F.silu(c)
         h = self.patch(x.to(self.patch.weight.dtype)).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:

@@ -341,11 +341,13 @@ def conditioning(
     encoder_states: Tensor | None,
     encoder_mask: Tensor | None,
     encoder_pooled: Tensor | None = None,
+    guidance_features: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The (B, emb) noise + class (+ pooled text) embedding and the text (context, keep) pair for ``net``.
+    """The (B, emb) noise + class (+ pooled text, + guidance) embedding and the text (context, keep) pair for ``net``.
 
-    ``net`` has ``noise_embed``, ``label_embed`` (or None), ``pooled_embed`` (or None) and ``text``
-    (or None) modules. Raises ``ValueError`` for a condition the network was not built for.
+    ``net`` has ``noise_embed``, ``label_embed`` (or None), ``pooled_embed`` (or None), ``guidance_embed``
+    (optional attribute, or None) and ``text`` (or None) modules. Raises ``ValueError`` for a condition the
+    network was not built for.
     """
     batch = x.shape[0]
     emb = net.noise_embed(check_noise(c_noise, batch).to(x.device))
@@ -359,6 +361,12 @@ def conditioning(
         emb = emb if extra is None else emb + extra
     elif encoder_pooled is not None:
         raise ValueError("encoder_pooled was given, but this model has no pooled text input (pooled_dim=None)")
+    guidance_embed = getattr(net, "guidance_embed", None)
+    if guidance_embed is not None:
+        extra = guidance_embed(guidance_features, batch)
+        emb = emb if extra is None else emb + extra
+    elif guidance_features is not None:
+        raise ValueError("guidance_features were given, but this model has no guidance input (guidance_dim=None)")
     if net.text is not None:
         context, keep = net.text(encoder_states, encoder_mask, batch)
     elif encoder_states is not None or encoder_mask is not None:

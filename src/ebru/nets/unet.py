@@ -133,7 +133,8 @@ class UNet(nn.Module):
     ``forward`` returns (B, out_channels, H, W). ``class_labels`` of ``-1`` (or None)
     select the learned null class; ``encoder_states`` (B, L, cond_dim) are attended
     to at the attention resolutions, ``encoder_mask`` (B, L) bool marks tokens to keep,
-    ``encoder_pooled`` (B, pooled_dim) is added to the noise embedding (see :class:`PooledEmbedding`).
+    ``encoder_pooled`` (B, pooled_dim) is added to the noise embedding (see :class:`PooledEmbedding`), and so is
+    ``guidance_features`` (B, guidance_dim) (a distilled text-to-image student's guidance-scale input).
 
     Attributes:
         config: the :class:`UNetConfig` it was built from.
@@ -153,6 +154,7 @@ class UNet(nn.Module):
         self.noise_embed = NoiseEmbedding(cfg.noise_embedding, ch if ch % 2 == 0 else ch + 1, emb_dim)
         self.label_embed = LabelEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
         self.pooled_embed = PooledEmbedding(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
+        self.guidance_embed = PooledEmbedding(cfg.guidance_dim, emb_dim) if cfg.guidance_dim else None
         self.text = TextContext(cfg.cond_dim) if cfg.cond_dim else None
 
         def stage(cin: int, cout: int, res: int) -> Stage:
@@ -197,10 +199,11 @@ class UNet(nn.Module):
         encoder_states: Tensor | None = None,
         encoder_mask: Tensor | None = None,
         encoder_pooled: Tensor | None = None,
+        guidance_features: Tensor | None = None,
     ) -> Tensor:
         check_image(x, self.config.in_channels, self.config.image_size)
         emb, context, keep = conditioning(self, x, c_noise, class_labels, encoder_states, encoder_mask,
-                                      encoder_pooled)
+                                      encoder_pooled, guidance_features)
         emb = F.silu(emb)
 
         fmt = memory_format_of(x)

@@ -62,7 +62,14 @@ import torch
 from ebru.checks import finite_number, one_of, positive_int
 from ebru.diffusion import SCHEDULES, sampler_nfe
 from ebru.diffusion.distill import DISTILL_METHODS, IMPLEMENTED_METHODS, distill_weightings, halving_rounds
-from ebru.tasks.distill import check_data, check_teacher, default_teacher_steps, plan_guidance, teacher_grid
+from ebru.tasks.distill import (
+    check_data,
+    check_teacher,
+    default_teacher_steps,
+    is_conditional,
+    plan_guidance,
+    teacher_grid,
+)
 from ebru.tasks.reflow import ReflowSettings, ReflowTask, check_flow_teacher
 from ebru.tasks.reflow_pairs import PairSet, PairSpec, listed_pairs
 from ebru.trust import CARD, load, verify, write_trained_package
@@ -325,8 +332,8 @@ def distill(teacher_dir: str | os.PathLike, method: str = "progressive", steps: 
     """Distil the image model package ``teacher_dir`` into a ``steps``-step student at ``out/model``.
 
     Args:
-        teacher_dir: a trained ebru image-diffusion package (unconditional or class-conditional); for
-            ``reflow``, a flow model (``prediction = "flow"``).
+        teacher_dir: a trained ebru image-diffusion package (unconditional, class-conditional or text-to-image);
+            for ``reflow``, a flow model (``prediction = "flow"``) that is not text-to-image.
         method: ``"progressive"``, ``"consistency"`` or ``"reflow"``.
         steps: the student's step count N. Progressive: the teacher's step count halved one or more times;
             consistency: any N >= 1, the student's default (it samples any count; ECT's 2 steps are
@@ -340,10 +347,10 @@ def distill(teacher_dir: str | os.PathLike, method: str = "progressive", steps: 
             largest power of two <= the teacher's sampling steps; a distilled teacher's own steps).
         schedule: progressive: the teacher's step schedule (default: the teacher's, else ``karras``);
             consistency: the schedule of the student's grid from ``sigma_max`` to 0.821 (default ``karras``).
-        guidance: a class-conditional teacher's classifier-free guidance: a range ``(lo, hi)`` of scales
-            the student takes as an input (default ``(1, max(2, 2 w))``, w the teacher's sampling scale), or
-            one scale distilled into the student's weights. Reflow: one scale (default the teacher's), at which
-            the pairs are drawn and which the student learns.
+        guidance: a class-conditional or text-to-image teacher's classifier-free guidance: a range ``(lo, hi)``
+            of scales the student takes as an input (default ``(1, max(2, 2 w))``, w the teacher's sampling
+            scale), or one scale distilled into the student's weights. Reflow: one scale (default the
+            teacher's), at which the pairs are drawn and which the student learns.
         pairs: reflow only: the number of (noise, ODE sample) pairs the teacher draws (default
             :data:`DEFAULT_PAIRS`), kept in ``out/pairs``.
         data: progressive and consistency: the teacher's training data: an ``ImageDataset``, a data set name or
@@ -398,7 +405,7 @@ def distill(teacher_dir: str | os.PathLike, method: str = "progressive", steps: 
                             weighting=weighting)
     rounds = plan.rounds
     plan_guidance(tuple(guidance) if isinstance(guidance, list | tuple) else guidance, config,
-                  bool(config.get("num_classes")))  # a guidance setting the teacher can take
+                  is_conditional(config))  # a guidance setting the teacher can take
     if weighting is not None:
         one_of("distillation weighting", weighting, distill_weightings())
     if method == "reflow":
@@ -426,7 +433,7 @@ def distill(teacher_dir: str | os.PathLike, method: str = "progressive", steps: 
         return _run_reflow(reflow_cfg, plan.rounds[0], out, record, resume=resume, time_budget=time_budget,
                            trust=trust, sign_key=sign_key, progress=progress)
 
-    from ebru.data import ImageDataset, load_dataset
+    from ebru.data import ImageDataset, load_captioned, load_dataset
     from ebru.train import Trainer
 
     dataset = data if isinstance(data, ImageDataset) else None
@@ -450,7 +457,9 @@ def distill(teacher_dir: str | os.PathLike, method: str = "progressive", steps: 
         cfg = round_config(config, table, data=spec, steps=round_steps, time_budget=per_round, sign_key=sign_key,
                            device=device, overrides=list(overrides or []), task=rnd.task)
         if dataset is None:  # loaded once, for every round
-            dataset = load_dataset(cfg.data, image_size=cfg.image_size)
+            # a text-to-image teacher's captioned images, read as the text2image task reads them
+            read = load_captioned if config.get("text_encoder") else load_dataset
+            dataset = read(cfg.data, image_size=cfg.image_size)
         check_data(config, dataset)
         checkpoints = run_dir / "checkpoints"
         again = resume and checkpoints.is_dir() and any(checkpoints.iterdir())

@@ -65,6 +65,19 @@ def distilled_guidance(config: dict[str, Any]) -> float | None:
     return distilled.get("guidance") if isinstance(distilled, dict) else None
 
 
+def student_denoiser(denoiser: Precond, config: dict[str, Any]) -> Any:
+    """A package's Denoiser as its config says: a consistency student's network inside the consistency
+    parameterisation (``distilled.consistency``), and a student that takes the guidance scale as an input
+    wrapped in :class:`~ebru.diffusion.distill.GuidanceInput` (``distilled.guidance_input``: its features, default
+    and the network input, ``encoder_pooled`` unless ``input`` names another); any other model unchanged."""
+    cm = config["distilled"].get("consistency") if isinstance(config.get("distilled"), dict) else None
+    if isinstance(cm, dict):
+        denoiser = ConsistencyDenoiser(denoiser, cm["sigma_min"], cm["sigma_data"])
+    if gi := guidance_input(config):
+        denoiser = GuidanceInput(denoiser, gi["default"], gi["features"], key=gi.get("input", "encoder_pooled"))
+    return denoiser
+
+
 class ImagePipeline:
     """A trained image denoiser plus its sampling defaults, class names and output watermark.
 
@@ -135,12 +148,7 @@ class ImagePipeline:
         dev = torch.device(device)
         net = net.to(dev).eval()
         p = config.get("precond", {})
-        denoiser = Precond(net, p.get("prediction", "edm"), p.get("sigma_data"))
-        cm = config["distilled"].get("consistency") if isinstance(config.get("distilled"), dict) else None
-        if isinstance(cm, dict):  # a consistency student: its network inside the consistency parameterisation
-            denoiser = ConsistencyDenoiser(denoiser, cm["sigma_min"], cm["sigma_data"])
-        if gi := guidance_input(config):  # a distilled student that takes the guidance scale as an input
-            denoiser = GuidanceInput(denoiser, gi["default"], gi["features"])
+        denoiser = student_denoiser(Precond(net, p.get("prediction", "edm"), p.get("sigma_data")), config)
         return cls(denoiser, config, dev, model, resolve_watermark(watermark, config["image_shape"]))
 
     def class_index(self, c: int | str) -> int:
@@ -198,6 +206,40 @@ class ImagePipeline:
         return (f"this model was distilled ({d.get('method')}) for {d.get('steps')} {d.get('sampler')} steps on its "
                 f"own grid; {' and '.join(other)} will not give the samples it was trained for")
 
+    def distilled_guidance_checks(self, guidance: float, guidance_scale: float | None, negative_prompt: bool,
+                                  guidance_interval: tuple[float, float] | None) -> bool:
+        """Whether a call guides through the student's scale input (True) or classifier-free guidance (False).
+
+        ``guidance`` is the call's scale (``guidance_scale``, else the model's); ``negative_prompt``: whether the
+        call gives a negative prompt other than the empty one (the null condition). A student that takes the scale as
+        an input (``distilled.guidance_input``) refuses a negative prompt and a guidance interval (ValueError, one
+        line: it makes one conditional call per step, with no unconditional pass) and warns outside its
+        trained range; one with a fixed scale in its weights refuses a negative prompt it would ignore (no
+        guidance on top) and warns when guided on top. Any other model: False, nothing checked.
+        """
+        if gi := guidance_input(self.config):
+            if negative_prompt:
+                raise ValueError("this distilled model takes the guidance scale as an input (one network call per "
+                                 "step, no unconditional pass), so it cannot use a negative prompt; drop it")
+            if guidance_interval is not None:
+                raise ValueError("this distilled model takes the guidance scale as an input, so it cannot guide "
+                                 "only within an interval; drop the guidance interval")
+            lo, hi = gi["range"]
+            if not lo <= guidance <= hi:
+                warnings.warn(f"this model was distilled for guidance scales {lo:g} to {hi:g}; {guidance:g} is "
+                              "outside them", UserWarning, stacklevel=3)
+            return True
+        baked = distilled_guidance(self.config)
+        if baked is not None:
+            if guidance == 1.0 and negative_prompt:
+                raise ValueError(f"this model has guidance {baked:g} distilled in and samples without guidance on top, "
+                                 "so a negative prompt would have no effect; drop it (or guide on top with a scale "
+                                 "other than 1: two network calls per step)")
+            if guidance_scale is not None and guidance_scale != 1.0:
+                warnings.warn(f"this model has guidance {baked:g} distilled in; guidance {guidance_scale:g} is "
+                              "applied on top of it (two network calls per step)", UserWarning, stacklevel=3)
+        return False
+
     def __call__(self, n: int = 1, *, class_labels: Sequence[int | str] | int | str | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, schedule: str | Callable | None = None,
@@ -239,20 +281,10 @@ class ImagePipeline:
             raise ValueError("this model is not class-conditional; drop --class")
         if guidance_interval is not None and guidance is None:
             raise ValueError("a guidance interval needs a conditional model (this one has no classes); drop it")
-        if (gi := guidance_input(self.config)) and guidance is not None:
+        if guidance is not None and self.distilled_guidance_checks(guidance, guidance_scale, False, guidance_interval):
             # the student's network reads the scale: one call per step, no classifier-free guidance on top
-            if guidance_interval is not None:
-                raise ValueError("this distilled model takes the guidance scale as an input, so it cannot guide "
-                                 "only within an interval; drop the guidance interval")
-            lo, hi = gi["range"]
-            if not lo <= guidance <= hi:
-                warnings.warn(f"this model was distilled for guidance scales {lo:g} to {hi:g}; {guidance:g} is "
-                              "outside them", UserWarning, stacklevel=2)
             cond["guidance"] = torch.full((n,), float(guidance), device=self.device)
             guidance = None
-        elif guidance_scale is not None and guidance_scale != 1.0 and (baked := distilled_guidance(self.config)):
-            warnings.warn(f"this model has guidance {baked:g} distilled in; guidance {guidance_scale:g} is applied on "
-                          "top of it (two network calls per step)", UserWarning, stacklevel=2)
         setting = self.sampling(sampler, num_inference_steps, schedule)
         if (note := self.distilled_warning(setting)) is not None:
             warnings.warn(note, UserWarning, stacklevel=2)

@@ -8,6 +8,12 @@ null condition the model was trained on through caption dropout.
 
 The text encoder is the one recorded in the package's ``config.json``; it is rebuilt through
 :func:`ebru.encoders.load_encoder`, which refuses weights whose SHA-256 differs from the recorded digest.
+
+A distilled student (``ebru distill`` of a text-to-image teacher, :mod:`ebru.pipelines.distill`) samples its
+own steps, sampler and grid by default, as :class:`~ebru.pipelines.image.ImagePipeline` does. One whose
+guidance scale is an input of its network (``distilled.guidance_input``) reads ``guidance_scale`` through that
+input, one network call per step, with no classifier-free guidance on top: so it has no unconditional pass
+for a negative prompt to replace, and a negative prompt is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from ebru.encoders import TextEncoder, load_encoder
 from ebru.nets import build_net
 from ebru.tasks.text2image import text_condition
 
-from .image import ImagePipeline, load_image_model
+from .image import ImagePipeline, load_image_model, student_denoiser
 from .outputs import resolve_watermark
 
 
@@ -75,7 +81,8 @@ class TextToImagePipeline(ImagePipeline):
             raise ValueError(f"{model_dir}: weights do not match config.json ({str(e).splitlines()[0]})") from None
         dev = torch.device(device)
         p = config.get("precond", {})
-        denoiser = Precond(net.to(dev).eval(), p.get("prediction", "edm"), p.get("sigma_data"))
+        denoiser = student_denoiser(Precond(net.to(dev).eval(), p.get("prediction", "edm"), p.get("sigma_data")),
+                                    config)  # a distilled student's own parameterisation and guidance input
         return cls(denoiser, config, dev, encoder, model, resolve_watermark(watermark, config["image_shape"]))
 
     def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
@@ -101,7 +108,15 @@ class TextToImagePipeline(ImagePipeline):
             watermark_ids: one per image (default :meth:`~ImagePipeline.watermark_ids` of ``seeds``), when
                 the pipeline has a watermark: each image starts from its seed's watermarked noise.
 
-        Raises ValueError (one line) for a bad argument, before any sampling.
+        A distilled student that takes the guidance scale as an input reads ``guidance_scale`` (default: its
+        own) through its network, one call per step, and warns outside the scales it was trained on; any
+        distilled student warns (one line) when sampled with another sampler, step count or schedule than it
+        was made for, and one with a scale distilled into its weights warns when guided on top of it.
+
+        Raises ValueError (one line) for a bad argument, before any sampling: among them a negative prompt (other
+        than the empty one, the default) or a guidance interval for a student whose guidance is distilled in (it
+        has no unconditional pass; a student with one fixed scale takes them with a guidance scale other than 1,
+        guided on top).
         """
         if class_labels is not None:
             raise ValueError("this is a text-to-image model: give a prompt, not a class")
@@ -116,16 +131,24 @@ class TextToImagePipeline(ImagePipeline):
         if any(not p.strip() for p in prompts):
             warnings.warn("empty prompt: those images are unconditional samples (the model's null condition)",
                           UserWarning, stacklevel=2)
+        s = self.config.get("sampling", {})
+        guidance = s.get("guidance", 1.0) if guidance_scale is None else guidance_scale
+        negative = any(p.strip() for p in negatives)  # "" (the default null condition) is no negative prompt
+        scale_input = self.distilled_guidance_checks(guidance, guidance_scale, negative, guidance_interval)
         texts = list(dict.fromkeys([*prompts, *negatives]))  # each distinct text encoded once, in one call
         enc = self.encoder.encode(texts).to(self.device)
         rows = torch.tensor([texts.index(p) for p in prompts], device=self.device).repeat_interleave(n)
         neg_rows = torch.tensor([texts.index(p) for p in negatives], device=self.device).repeat_interleave(n)
-        s = self.config.get("sampling", {})
-        guidance = s.get("guidance", 1.0) if guidance_scale is None else guidance_scale
+        extra: dict[str, Any] = {}
+        if scale_input:  # the student's network reads the scale: one call per step, no guidance on top
+            extra["guidance"] = torch.full((len(rows),), float(guidance), device=self.device)
+            guidance = None
         setting = self.sampling(sampler, num_inference_steps, schedule)
+        if (note := self.distilled_warning(setting)) is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
         return sample(
             self.denoiser, (len(rows), *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"],
             seeds=seeds, device=self.device, guidance_scale=guidance, uncond=text_condition(enc[neg_rows]),
             guidance_interval=guidance_interval, progress=progress, callback=callback,
-            noise=self.initial_noise(seeds, len(rows), watermark_ids), **text_condition(enc[rows]))
+            noise=self.initial_noise(seeds, len(rows), watermark_ids), **text_condition(enc[rows]), **extra)

@@ -7,16 +7,17 @@ teacher's ``c_in`` and ``c_noise``, ``f(x, sigma_min) = x`` exactly), so it star
 
 - An unconditional teacher is *tuned* (ECT, Geng et al. 2025): ``x_t = x0 + t eps`` and ``x_r = x0 + r eps``
   with the same noise, no teacher forward; ``r`` follows ECT's shrinking ``t - r`` over training stages.
-- A class-conditional (guided) teacher is *distilled* (Song et al. 2023; LCM, Luo et al. 2023): ``x_r`` is
-  one Euler step of the teacher's classifier-free-guided ODE from ``x_t``, and the guidance scale is the
-  student's input (or one scale is distilled into its weights) exactly as in progressive distillation
-  (:class:`~ebru.tasks.distill.DistillTask`'s guidance plan).
+- A class-conditional or text-to-image (guided) teacher is *distilled* (Song et al. 2023; LCM, Luo et al.
+  2023): ``x_r`` is one Euler step of the teacher's classifier-free-guided ODE from ``x_t``, and the guidance
+  scale is the student's input (or one scale is distilled into its weights) exactly as in progressive
+  distillation (:class:`~ebru.tasks.distill.DistillTask`'s guidance plan; a text-to-image teacher's captions,
+  encodings and null condition as described there).
 
 One global batch draws, from the trainer's generator: image indices, ``t`` from ECT's log-normal (kept
 within the teacher's ``[sigma_min, sigma_max]``) and ``r`` from ``t`` and the stage, noise, dropped labels
-and flips, and the guidance scale of each sample. The stage is ``images_seen // stage_images`` (at most
-``stages - 1``), from the counters the Trainer passes in (``set_progress``), so a resumed run continues
-bit for bit.
+and flips, the guidance scale of each sample and, for a text-to-image teacher, one caption of each image.
+The stage is ``images_seen // stage_images`` (at most ``stages - 1``), from the counters the Trainer passes
+in (``set_progress``), so a resumed run continues bit for bit.
 
 Settings, the ``[distill]`` table: ``teacher``, ``schedule``, ``guidance`` and the trust options as
 :mod:`ebru.tasks.distill`, and
@@ -61,7 +62,7 @@ from ebru.diffusion.consistency import (
     ect_r,
     ect_stage,
 )
-from ebru.diffusion.distill import GridSchedule, GuidanceInput
+from ebru.diffusion.distill import GridSchedule
 
 from .base import TASKS, TrainState
 from .distill import COMMON_KEYS, DistillTask, teacher_record
@@ -177,7 +178,7 @@ class ConsistencyDistillTask(DistillTask):
         parameterisation (taking ``guidance=w`` if the student does)."""
         f = ConsistencyDenoiser(Precond(net, self.precond["prediction"], self.precond.get("sigma_data")),
                                 self.sigma_min, self.sigma_data)
-        return GuidanceInput(f, self.guidance.default) if self.guidance.mode == "input" else f
+        return self.guidance.wrap(f)
 
     def draw_levels(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         """``t`` (B,) from the log-normal, within ``[sigma_min, sigma_max]``, and ``r`` (B,) at the current stage."""

@@ -23,8 +23,17 @@ input of the student, as in LCM (Luo et al. 2023): each sample draws ``w`` unifo
 ``[1, max(2, 2 w_teacher)]``), the teacher target is guided at that ``w``, and the student reads ``w``
 through its network's pooled-vector input (:class:`~ebru.diffusion.distill.GuidanceInput`: Fourier features,
 LayerNorm, an MLP whose last layer starts at zero, added to the noise embedding), so it starts as exactly
-the teacher. A single scale instead (``guidance = W``) is distilled into the weights. A text-to-image
-teacher is refused (not implemented yet).
+the teacher. A single scale instead (``guidance = W``) is distilled into the weights.
+
+Text-to-image teachers (a package with ``text_encoder``) are guided teachers too: the data are the teacher's
+captioned images (its recorded data set, read as :class:`~ebru.tasks.text2image.TextToImageTask` reads them),
+every caption and the empty prompt are encoded once by the teacher's own frozen encoder (its recorded spec,
+SHA-256 checked), each sample draws one of its image's captions, and ``cond_dropout`` drops a caption to the
+empty prompt, whose encoding is also the null condition of the teacher's guidance (as in the teacher's
+training). The pooled input of a text network already carries the sentence vector, so the student reads the
+scale through a second one of the same kind (the network config's ``guidance_dim``; ``GuidanceInput`` with
+``key = "guidance_features"``), again zero at its last layer. The student package keeps the teacher's
+``text_encoder`` record (the encoder pinned as the teacher's) and its prompts.
 
 Settings, the run config's ``[distill]`` table (unknown keys are refused; ``teacher_steps`` and
 ``weighting`` are progressive distillation's, the other keys every method's):
@@ -35,22 +44,25 @@ Settings, the run config's ``[distill]`` table (unknown keys are refused; ``teac
                    largest power of two <= the teacher's sampling steps)
 ``schedule``       the first teacher's step schedule (default: the teacher's, else ``karras``)
 ``weighting``      ``truncated_snr`` (default) or a ``WEIGHTINGS`` name
-``guidance``       a class-conditional teacher's guidance: a range ``[LO, HI]`` the student takes as an
-                   input (default ``[1, max(2, 2 w)]``, w the teacher's scale) or one scale ``W``
+``guidance``       a class-conditional or text-to-image teacher's guidance: a range ``[LO, HI]`` the
+                   student takes as an input (default ``[1, max(2, 2 w)]``, w the teacher's scale) or one
+                   scale ``W``
 ``policy``, ``trusted_keys``, ``allow_unsigned``, ``acknowledge``, ``quiet``: ``ebru.load``'s options
 =================  =====================================================================================
 
-The exported student is an ordinary ``image-diffusion`` package (``ebru sample`` and
-``ImagePipeline`` load it) whose card names the teacher as ``base_model`` and whose manifest carries
-the teacher's signed lineage, so the licence chain and its obligations carry over; its
-``config.json`` adds ``distilled`` (method, steps, sampler, grid, teacher) and sets the sampling
-defaults to those steps and that sampler.
+The exported student is an ordinary ``image-diffusion`` package (``ebru sample`` and ``ImagePipeline``,
+or ``TextToImagePipeline`` for a text-to-image student, load it) whose card names the teacher as
+``base_model`` and whose manifest carries the teacher's signed lineage, so the licence chain and its
+obligations carry over; its ``config.json`` adds ``distilled`` (method, steps, sampler, grid, teacher)
+and sets the sampling defaults to those steps and that sampler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +77,7 @@ from ebru.diffusion import SCHEDULES, ClassifierFreeGuidance, Precond, get_sigma
 from ebru.diffusion.defaults import SAMPLING
 from ebru.diffusion.distill import (
     GUIDANCE_FEATURES,
+    GUIDANCE_KEYS,
     TRUNCATED_SNR,
     GridSchedule,
     GuidanceInput,
@@ -78,6 +91,7 @@ from ebru.trust import CONFIG, LoadedModel, load, write_trained_package
 
 from .base import TASKS, TrainState, code_revision
 from .image import NULL_LABEL, ImageTask
+from .text2image import TextToImageTask, text_condition
 
 DISTILLED_SAMPLER = "euler"  # the deterministic DDIM step of the math, = ebru's euler (and ddim at eta 0)
 COMMON_KEYS = ("teacher", "schedule", "guidance", "policy", "trusted_keys", "allow_unsigned", "acknowledge", "quiet")
@@ -152,9 +166,9 @@ def check_teacher(model: LoadedModel, method: str = "progressive") -> dict[str, 
     """The config of a verified package that ``method`` can distil; raises ValueError (one line) for any other.
 
     Refused: a package that is not an ebru image-diffusion model (a text model, weights from
-    elsewhere), a text-to-image model (its distillation is not implemented yet), a consistency student
-    (a consistency function, not a denoiser: no method can use it as a teacher) and, for consistency
-    distillation, any distilled student (consistency tuning starts from a diffusion model).
+    elsewhere), a consistency student (a consistency function, not a denoiser: no method can use it as a
+    teacher) and, for consistency distillation, any distilled student (consistency tuning starts from a
+    diffusion model). Text-to-image models are distilled (module docstring); reflow refuses them itself.
     """
     config = model.config
     where = model.path / CONFIG
@@ -164,9 +178,6 @@ def check_teacher(model: LoadedModel, method: str = "progressive") -> dict[str, 
         what = f"a {kind!r} model" if isinstance(kind, str) else "not an ebru model config"
         raise ValueError(f"{where}: {what}; ebru distill makes few-step students of ebru image-diffusion models "
                          "(packages written by 'ebru train' on images)")
-    if config.get("text_encoder"):
-        raise ValueError(f"{model.path}: a text-to-image model; distilling text-to-image teachers is not "
-                         "implemented yet (class-conditional and unconditional teachers are)")
     distilled = config.get("distilled")
     if isinstance(distilled, dict):
         made = distilled.get("method")
@@ -182,8 +193,12 @@ def check_teacher(model: LoadedModel, method: str = "progressive") -> dict[str, 
 def check_data(config: dict[str, Any], data: Any) -> None:
     """Raise ValueError (one line) unless ``data`` (an ``ImageDataset``) fits the teacher of ``config``.
 
-    The images must have the teacher's shape, and a class-conditional teacher's classes must be the data's.
+    The images must have the teacher's shape, a class-conditional teacher's classes must be the data's, and a
+    text-to-image teacher's data must be captioned (a ``CaptionedImages``).
     """
+    if config.get("text_encoder") and not hasattr(data, "caption_table"):
+        raise ValueError(f"the teacher is a text-to-image model and the data ({getattr(data, 'source', data)}) has "
+                         "no captions: distil on the teacher's training data")
     shape = list(data.image_shape)
     if shape != list(config["image_shape"]):
         raise ValueError(f"the data's images are {'x'.join(map(str, shape))} and the teacher makes "
@@ -202,7 +217,9 @@ class GuidancePlan:
     ``scale`` and samples it unguided, one call per step; ``"input"``: the student takes the scale
     as an input, trained on scales drawn uniformly from ``range`` (LCM's w-conditioning), ``default``
     when sampling without one. ``teacher_guided``: the round's teacher is called with guidance (only a
-    first teacher; a distilled teacher has it in its weights).
+    first teacher; a distilled teacher has it in its weights). ``input``: the network input that reads the
+    scale (``encoder_pooled``, or ``guidance_features`` for a text-to-image student, whose pooled input is
+    the sentence vector; :data:`~ebru.diffusion.distill.GUIDANCE_KEYS`).
     """
 
     mode: str | None = None
@@ -210,14 +227,25 @@ class GuidancePlan:
     range: tuple[float, float] | None = None
     default: float = 1.0
     teacher_guided: bool = False
+    input: str = GUIDANCE_KEYS[0]
 
     def record(self) -> dict[str, Any]:
-        """The student config's ``distilled`` entries: ``guidance`` (a fixed scale) and ``guidance_input``."""
+        """The student config's ``distilled`` entries: ``guidance`` (a fixed scale) and ``guidance_input``
+        (``input`` only when it is not the default ``encoder_pooled``)."""
         out: dict[str, Any] = {"guidance": self.scale}
         if self.mode == "input":
             out["guidance_input"] = {"features": GUIDANCE_FEATURES, "range": list(self.range),
                                      "default": self.default}
+            if self.input != GUIDANCE_KEYS[0]:
+                out["guidance_input"]["input"] = self.input
         return out
+
+    def wrap(self, denoiser: Any) -> Any:
+        """``denoiser`` as the student's Denoiser: a :class:`GuidanceInput` (taking ``guidance=w``) when the
+        scale is an input, else unchanged."""
+        if self.mode != "input":
+            return denoiser
+        return GuidanceInput(denoiser, self.default, key=self.input)
 
     def sampling(self, teacher_default: float) -> float:
         """The student's default sampling guidance: 1 (none on top) for a fixed scale, else the default input."""
@@ -228,15 +256,17 @@ def plan_guidance(setting: float | tuple[float, float] | None, config: dict[str,
                   conditional: bool) -> GuidancePlan:
     """The :class:`GuidancePlan` for a teacher of ``config`` and the ``guidance`` setting (a scale, a range or None).
 
-    A first class-conditional teacher: a range (default ``[1, max(2, 2 w)]`` around its own sampling scale
-    ``w``) makes the scale the student's input; a number distils that one scale. A distilled teacher
-    passes its guidance on (a different setting is refused). Raises ValueError (one line) for a
-    setting an unconditional teacher cannot take.
+    ``conditional``: the teacher has classes or reads text (:func:`is_conditional`). A first conditional
+    teacher: a range (default ``[1, max(2, 2 w)]`` around its own sampling scale ``w``) makes the scale the
+    student's input (through ``encoder_pooled``, or ``guidance_features`` for a text-to-image teacher); a
+    number distils that one scale. A distilled teacher passes its guidance on (a different setting is
+    refused). Raises ValueError (one line) for a setting an unconditional teacher cannot take.
     """
     if not conditional:
         if setting is not None:
             raise ValueError("guidance is for class-conditional teachers, and this one has no classes; drop it")
         return GuidancePlan()
+    key = GUIDANCE_KEYS[1] if config.get("text_encoder") else GUIDANCE_KEYS[0]
     distilled = config.get("distilled")
     if isinstance(distilled, dict):
         gi = distilled.get("guidance_input")
@@ -245,15 +275,20 @@ def plan_guidance(setting: float | tuple[float, float] | None, config: dict[str,
             raise ValueError(f"the teacher was distilled with guidance {held}, and its students keep it; drop the "
                              f"guidance setting ({setting})")
         if gi:
-            return GuidancePlan("input", None, held, float(gi["default"]))
+            return GuidancePlan("input", None, held, float(gi["default"]), input=gi.get("input", GUIDANCE_KEYS[0]))
         return GuidancePlan("fixed", held)
     w = finite_number("the teacher's sampling guidance", config.get("sampling", {}).get("guidance", 1.0))
     if setting is None:
         setting = (1.0, max(2.0, 2 * w))
     if isinstance(setting, tuple):
         lo, hi = setting
-        return GuidancePlan("input", None, (lo, hi), min(max(w, lo), hi), teacher_guided=True)
+        return GuidancePlan("input", None, (lo, hi), min(max(w, lo), hi), teacher_guided=True, input=key)
     return GuidancePlan("fixed", setting, teacher_guided=setting != 1.0)
+
+
+def is_conditional(config: dict[str, Any]) -> bool:
+    """Whether a teacher of ``config`` is conditional (classes, or text): one that classifier-free guidance steers."""
+    return bool(config.get("num_classes")) or bool(config.get("text_encoder"))
 
 
 def teacher_name(model: LoadedModel) -> str:
@@ -333,9 +368,12 @@ def student_card(config: dict[str, Any], teacher: LoadedModel, base_model: list[
         front.append(f"license_name: {json.dumps(c.license_name)}")
     if c.license_link:
         front.append(f"license_link: {json.dumps(c.license_link)}")
+    text = bool(config.get("text_encoder"))
+    prompt = ' --prompt "..."' if text else ""
+    tag = ("text-to-image" if text else
+           f"{'class-conditional' if config.get('num_classes') else 'unconditional'}-image-generation")
     front += ["library_name: ebru", "base_model:", *(f"  - {json.dumps(b)}" for b in base_model),
-              "datasets:", f"  - {json.dumps(t['dataset'])}",
-              f"pipeline_tag: {'class-conditional' if config.get('num_classes') else 'unconditional'}-image-generation",
+              "datasets:", f"  - {json.dumps(t['dataset'])}", f"pipeline_tag: {tag}",
               "intended_use: research and education; generating images like the teacher's", "---", ""]
     gi = d.get("guidance_input")
     guided = (f" with the classifier-free guidance scale as an input (trained on {gi['range'][0]:g} to "
@@ -350,7 +388,10 @@ def student_card(config: dict[str, Any], teacher: LoadedModel, base_model: list[
         f"{config['ebru_version']} ({t['steps']} steps, {t['images_seen']} images, {t['minutes']} minutes in "
         f"this round). Its licence and obligations are the teacher's.",
         "",
-        f"Sample it with `ebru sample <this directory> -n 16 --grid samples.png`: {d['steps']} {d['sampler']} "
+        *([f"Conditioned on text through {config['text_encoder']['name']} (weights "
+           f"`{config['text_encoder']['digest']}`), the teacher's encoder.", ""] if text else []),
+        f"Sample it with `ebru sample <this directory>{prompt} -n 16 --grid "
+        f"samples.png`: {d['steps']} {d['sampler']} "
         f"step{'s' if d['steps'] != 1 else ''} on the grid it was made for "
         f"({', '.join(f'{s:.4g}' for s in d['sigmas'])}).",
         "",
@@ -362,9 +403,20 @@ def student_card(config: dict[str, Any], teacher: LoadedModel, base_model: list[
 
 def student_grid(task: Any, d: Any, shape: tuple[int, ...], common: dict[str, Any], title: str, path: Path,
                  per_class: int = 8) -> Path:
-    """A student's preview grid at ``path``: ``per_class`` samples per class (a row each, named), or 64
-    unconditional ones; ``common`` holds the :func:`~ebru.diffusion.sample` settings (sampler, steps, schedule).
-    Shared by every distillation task (``task``: ``conditional``, ``net_config``, ``data``, ``device``)."""
+    """A student's preview grid at ``path``: ``per_class`` samples per class (a row each, named), per preview
+    prompt of a text-to-image student, or 64 unconditional ones; ``common`` holds the
+    :func:`~ebru.diffusion.sample` settings (sampler, steps, schedule). Shared by every distillation task
+    (``task``: ``conditional``, ``net_config``, ``data``, ``device``, and ``text`` (None, or the teacher's
+    captions and encoder, a :class:`~ebru.tasks.text2image.TextToImageTask`) if it has one)."""
+    text = getattr(task, "text", None)
+    if text is not None:
+        prompts = task.preview_prompts()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a long preview prompt is truncated as in training
+            enc = text.encoder.encode(prompts).to(task.device)
+        rows = torch.arange(len(prompts), device=task.device).repeat_interleave(per_class)
+        x = sample(d, (len(rows), *shape), seeds=range(len(rows)), **common, **text_condition(enc[rows]))
+        return save_grid(x, path, nrow=per_class, row_labels=prompts, title=title)
     if task.conditional:
         k = task.net_config["num_classes"]
         labels = torch.arange(k, device=task.device).repeat_interleave(per_class)
@@ -398,7 +450,8 @@ class DistillTask(ImageTask):
             ``cond_dropout``), ``license`` is ignored (the student carries the teacher's), ``sign_key`` signs
             the student.
         device: where the images, the teacher and the student live.
-        data: an ``ImageDataset`` to use instead of ``cfg.data`` (the teacher's training data, normally).
+        data: an ``ImageDataset`` to use instead of ``cfg.data`` (the teacher's training data, normally; a
+            ``CaptionedImages`` for a text-to-image teacher, whose captions :attr:`text` encodes once).
         is_main: print the data report (main process only).
 
     A method subclasses it and sets ``name`` (its ``TASKS`` entry), ``method``, ``sampler`` (what its student
@@ -409,7 +462,8 @@ class DistillTask(ImageTask):
 
     Raises ValueError (one line) for a teacher that is not an ebru image-diffusion package (or that the method
     cannot distil), one the licence policy or signature check refuses (``ebru.trust``'s errors), or data that
-    does not fit the teacher.
+    does not fit the teacher (for a text-to-image teacher: data without captions); ``ebru.encoders.EncoderError``
+    for a text-to-image teacher whose recorded encoder is missing or has other weights than its digest.
     """
 
     unit = "images"
@@ -424,20 +478,36 @@ class DistillTask(ImageTask):
         tc = self.teacher_config
         if data is not None:  # before ImageTask reads the data against the network config
             check_data(tc, data)
-        super().__init__(cfg, device, data, is_main)
+        self.text: TextToImageTask | None = None
+        if tc.get("text_encoder"):
+            self._text_init(cfg, device, data, is_main)
+        else:
+            super().__init__(cfg, device, data, is_main)
         check_data(tc, self.data)
-        self.conditional = bool(tc.get("num_classes"))
+        self.conditional = is_conditional(tc)
         self.precond = {"prediction": "edm", **tc.get("precond", {})}
         self.sampling_range = {**SAMPLING.to_dict(), **tc.get("sampling", {})}
         self.setup()
         self.guidance = plan_guidance(self.settings.guidance, tc, self.conditional)
         self.net_config = dict(tc["net"])  # the student is the teacher's network ...
         if self.guidance.mode == "input" and not isinstance(tc.get("distilled"), dict):
-            if tc["net"].get("pooled_dim"):
-                raise ValueError(f"{self.teacher_model.path}: the teacher's network already has a pooled input, so "
-                                 "the guidance scale cannot become the student's input; distil a fixed scale W")
-            self.net_config["pooled_dim"] = GUIDANCE_FEATURES  # ... plus a zero-initialised input for w
+            width = "guidance_dim" if self.guidance.input == "guidance_features" else "pooled_dim"
+            if tc["net"].get(width):
+                what = "a guidance input" if width == "guidance_dim" else "a pooled input"
+                raise ValueError(f"{self.teacher_model.path}: the teacher's network already has {what}, so the "
+                                 "guidance scale cannot become the student's input; distil a fixed scale W")
+            self.net_config[width] = GUIDANCE_FEATURES  # ... plus a zero-initialised input for w
         self.teacher = self._frozen_teacher() if self.wants_teacher() else None
+
+    def _text_init(self, cfg: Any, device: torch.device, data: Any, is_main: bool) -> None:
+        """A text-to-image teacher's data: its captioned images and every caption encoded once by the teacher's own
+        encoder (its recorded spec, SHA-256 checked), read as the ``text2image`` task reads them (:attr:`text`)."""
+        tc = self.teacher_config
+        self.cfg, self.device = cfg, device
+        own = dataclasses.replace(cfg, encoder=dict(tc["text_encoder"]), model=dict(tc["net"]))
+        self.text = TextToImageTask(own, device, data, is_main)
+        self.data, self.images, self.labels = self.text.data, self.text.images, torch.zeros(0, dtype=torch.long)
+        self.sigma_dist, self.weighting_options = self.text.sigma_dist, self.text.weighting_options
 
     # ---------------------------------------------------------------------------------------- a method's parts
     def setup(self) -> None:
@@ -484,14 +554,19 @@ class DistillTask(ImageTask):
         d = Precond(net.to(self.device).eval().requires_grad_(False), self.precond["prediction"],
                     self.precond.get("sigma_data"))
         g = self.guidance
-        null = {"class_labels": torch.full((1,), NULL_LABEL, device=self.device)}
+        null = self.null_condition()
         if g.teacher_guided and g.mode == "input":
             return PerSampleGuidance(d, null)  # takes guidance=w, one scale per sample
         if g.teacher_guided:
             return ClassifierFreeGuidance(d, g.scale, uncond=null)
-        if g.mode == "input":  # a student teacher that takes the scale as an input
-            return GuidanceInput(d, g.default)
-        return d
+        return g.wrap(d)  # a student teacher that takes the scale as an input, or an unguided teacher
+
+    def null_condition(self) -> dict[str, Tensor]:
+        """The condition classifier-free guidance subtracts: the null class ``-1``, or the empty prompt's
+        encoding (row 0 of the caption encodings: what caption dropout trained) for a text-to-image teacher."""
+        if self.text is not None:
+            return text_condition(self.text.encodings[0:1])
+        return {"class_labels": torch.full((1,), NULL_LABEL, device=self.device)}
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         """(the student network, at the teacher's weights; the module the loss calls, :meth:`denoiser` of it).
@@ -501,8 +576,9 @@ class DistillTask(ImageTask):
         """
         net = build_net(self.net_config)
         missing, unexpected = net.load_state_dict(self.teacher_model.weights, strict=False)
-        grown = self.net_config != self.teacher_config["net"]  # the pooled input added for w
-        missing = [k for k in missing if not (grown and k.startswith("pooled_embed."))]
+        grown = self.net_config != self.teacher_config["net"]  # the input added for w
+        new = "guidance_embed." if self.guidance.input == "guidance_features" else "pooled_embed."
+        missing = [k for k in missing if not (grown and k.startswith(new))]
         if missing or unexpected:
             raise ValueError(f"{self.teacher_model.path}: weights do not match config.json "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -511,12 +587,13 @@ class DistillTask(ImageTask):
 
     def denoiser(self, net: nn.Module) -> nn.Module:
         """``net`` as a Denoiser under the teacher's preconditioning (taking ``guidance=w`` if the student does)."""
-        d = Precond(net, self.precond["prediction"], self.precond.get("sigma_data"))
-        return GuidanceInput(d, self.guidance.default) if self.guidance.mode == "input" else d
+        return self.guidance.wrap(Precond(net, self.precond["prediction"], self.precond.get("sigma_data")))
 
     def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Indices (B,), the method's levels (:meth:`draw_levels`), noise (B, C, H, W), drop (B,) bool; with
-        hflip, flip (B,); for a student that takes the guidance scale as an input, guidance (B,)."""
+        hflip, flip (B,); for a student that takes the guidance scale as an input, guidance (B,); for a
+        text-to-image teacher, caption (B,): the row of the caption encodings of one of each image's captions
+        (uniformly), 0 (the empty prompt) where dropped."""
         B, g = batch_size, generator
         batch = {"idx": torch.randint(len(self.images), (B,), generator=g), **self.draw_levels(B, g)}
         batch["noise"] = torch.randn((B, *self.images.shape[1:]), generator=g)
@@ -526,11 +603,22 @@ class DistillTask(ImageTask):
         if self.guidance.mode == "input":  # the scale of each sample, uniform over the range (LCM)
             lo, hi = self.guidance.range
             batch["guidance"] = lo + (hi - lo) * torch.rand(B, generator=g)
+        if self.text is not None:  # as the text2image task draws its captions
+            pick = (torch.rand(B, generator=g) * self.text.caption_counts[batch["idx"]]).long()
+            caption = self.text.caption_table[batch["idx"], pick]
+            batch["caption"] = torch.where(batch["drop"], torch.zeros_like(caption), caption)
         return batch
+
+    def condition(self, batch: dict[str, Tensor], part: slice, idx: Tensor) -> dict[str, Tensor]:
+        """The condition of the slice ``part``: class labels (ImageTask's), or the drawn captions' token states,
+        mask and pooled vectors for a text-to-image teacher."""
+        if self.text is not None:
+            return self.text.condition(batch, part, idx)
+        return super().condition(batch, part, idx)
 
     def inputs(self, batch: dict[str, Tensor], part: slice) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``(x0, noise, cond)`` of the slice ``part``: images (flipped as drawn), noise, and the condition both
-        networks read (class labels, dropped as drawn; the guidance scale when the student takes it)."""
+        networks read (class labels or captions, dropped as drawn; the guidance scale when the student takes it)."""
         idx = batch["idx"][part].to(self.device)
         x0 = self.images[idx]
         if "flip" in batch:
@@ -553,6 +641,10 @@ class DistillTask(ImageTask):
         if self.guidance.mode == "input":
             title += f", guidance {self.guidance.default:g}"
         return student_grid(self, d, shape, common, title, path, per_class)
+
+    def preview_prompts(self, k: int = 8) -> list[str]:
+        """A text-to-image student's preview prompts: the teacher's ``sample_prompts``, else its data's."""
+        return list(self.teacher_config.get("sample_prompts") or [])[:k] or self.text.preview_prompts(k)
 
     def export(self, state: TrainState, path: Path) -> Path:
         """Write the student package at ``path``: the teacher's licence and lineage, its steps and sampler."""
@@ -585,9 +677,13 @@ class DistillTask(ImageTask):
 
     def provenance(self, state: TrainState, revision: str | None) -> dict[str, Any]:
         """ImageTask's provenance, made by ``ebru distill``, with the teacher it was distilled from."""
-        return {**super().provenance(state, revision), "created_by": "ebru distill",
-                "teacher": {"path": str(self.teacher_model.path), "manifest_sha256": self.teacher_model.manifest_sha256,
-                            "steps": self.teacher_steps, "student_steps": self.steps}}
+        out = {**super().provenance(state, revision), "created_by": "ebru distill",
+               "teacher": {"path": str(self.teacher_model.path), "manifest_sha256": self.teacher_model.manifest_sha256,
+                           "steps": self.teacher_steps, "student_steps": self.steps}}
+        if self.text is not None:  # the teacher's encoder, a verified component (as ebru train records it)
+            spec = self.teacher_config["text_encoder"]
+            out["components"] = {"text_encoder": {"name": spec["name"], "digest": spec["digest"]}}
+        return out
 
 
 @TASKS.register("progressive_distill")

@@ -124,11 +124,16 @@ class ReflowSettings:
 def check_flow_teacher(model: LoadedModel) -> dict[str, Any]:
     """The config of a verified package reflow can distil; raises ValueError (one line) for any other.
 
-    Refused: what :func:`~ebru.tasks.distill.check_teacher` refuses; a model that is not a flow model
+    Refused: what :func:`~ebru.tasks.distill.check_teacher` refuses; a text-to-image model (its pairs would
+    each need a caption, which :mod:`ebru.tasks.reflow_pairs` does not keep); a model that is not a flow model
     (reflow straightens a flow's ODE paths; progressive or consistency distillation take any model); a
     student of another distillation method (made for its own grid; distil its teacher instead).
     """
     config = check_teacher(model)
+    if config.get("text_encoder"):
+        raise ValueError(f"{model.path}: a text-to-image model, and reflow of text-to-image teachers is not "
+                         "implemented (each pair would need its caption); distil it with --method consistency or "
+                         "--method progressive")
     prediction = config.get("precond", {}).get("prediction", "edm")
     if prediction != "flow":
         raise ValueError(f"{model.path / CONFIG}: a {prediction!r} model, and reflow straightens the paths of flow "
