@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ebru.nets import NET_CONFIGS, DiT, DiTConfig, UNet, UNetConfig, build_net
+from ebru.nets import NET_CONFIGS, AutoencoderConfig, DiT, DiTConfig, UNet, UNetConfig, build_net
 
 
 @pytest.mark.parametrize("cfg", [
@@ -30,7 +30,7 @@ def test_to_dict_has_every_field_and_kind():
     assert UNetConfig().to_dict()["kind"] == "unet"
     assert DiTConfig().to_dict()["kind"] == "dit"
     assert UNetConfig().to_dict()["channel_mult"] == [1, 2, 2]
-    assert {"unet": UNetConfig, "dit": DiTConfig} == NET_CONFIGS
+    assert {"unet": UNetConfig, "dit": DiTConfig, "autoencoder": AutoencoderConfig} == NET_CONFIGS
 
 
 @pytest.mark.parametrize("cls, key, near", [

@@ -258,6 +258,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ebru.pipelines.image import ImagePipeline
 
     model = load_model(args)
+    if model.config.get("kind") == "autoencoder":
+        return _eval_autoencoder(args, model)
     if model.config.get("text_encoder"):
         return _eval_text(args, model)
     metrics = parse_metrics(args.metrics or DEFAULT_EVAL_METRICS)
@@ -273,6 +275,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             guidance=args.guidance, seed=args.seed, batch=args.batch, reference=args.reference,
                             nll_images=args.nll_images, progress=True)
     print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"\njson: {args.json}")
+    return 0
+
+
+def _eval_autoencoder(args: argparse.Namespace, model: Any) -> int:
+    """``ebru eval`` for an autoencoder package: PSNR, SSIM and rFID of reconstructions of held-out images."""
+    from ebru.eval.reconstruction import format_reconstruction_report
+    from ebru.pipelines.autoencoder import RECONSTRUCTION_METRICS, evaluate_autoencoder
+
+    for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--guidance", args.guidance),
+                        ("--negative-prompt", args.negative_prompt)):
+        if value is not None:
+            raise ValueError(f"{flag} is for diffusion models; an autoencoder is scored on reconstructions: drop it")
+    if str(args.reference).endswith(".safetensors"):
+        raise ValueError("an autoencoder is judged on held-out images; give --reference data (fashion-mnist:test)")
+    metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else RECONSTRUCTION_METRICS
+    report = evaluate_autoencoder(model, data=args.reference, n=2000 if args.n is None else args.n, metrics=metrics,
+                                  batch=args.batch, progress=True)
+    report["model"] = args.model_dir
+    print(f"autoencoder {args.model_dir}: f = {report['factor']}, latents "
+          f"{'x'.join(map(str, report['latent_shape']))}, scale factor {report['scale_factor']:.5f}")
+    print(f"reconstructions of {report['images']} images of {report['data']} "
+          f"({report['reconstruct_images_per_s']:.0f} images/s)\n")
+    print(format_reconstruction_report(report))
     if args.json:
         write_json(args.json, report)
         print(f"\njson: {args.json}")
@@ -380,7 +408,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_trust_flags(m)
 
     e = _command(sub, "eval", _cmd_eval,
-                 "score a model: FID, KID, precision/recall, class agreement, NLL; prompt agreement for text models")
+                 "score a model: FID, KID, precision/recall, class agreement, NLL; prompt agreement for text models; "
+                 "PSNR, SSIM, rFID for an autoencoder")
     e.add_argument("model_dir", metavar="MODEL_DIR")
     e.add_argument("--metrics", default=None,
                    help="comma-separated: fid,kid,precision,recall,agreement,nll,nll_bound (default: all but the "

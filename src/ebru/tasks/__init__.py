@@ -7,6 +7,8 @@
   image model (the student takes N steps where its frozen teacher takes 2N); ``ebru distill`` runs the rounds.
 - ``consistency_distill`` (:class:`ConsistencyDistillTask`): consistency tuning (ECT) of an image model, or
   consistency distillation of a guided one: a student that samples in one step or a few (``ebru distill``).
+- ``autoencoder`` (:class:`AutoencoderTask`): a KL autoencoder (L1 + perceptual + KL), the first stage of latent
+  diffusion; its package (``kind = "autoencoder"``) stores the latent scale factor computed from data.
 - ``text`` (:class:`TextTask`): masked, uniform-noise or block diffusion language models, or the
   autoregressive baseline, on a text corpus.
 
@@ -15,6 +17,7 @@
 with ``@TASKS.register("name")``, plus its import below.
 """
 
+from .autoencoder import AutoencoderTask
 from .base import TASKS, Task, TrainState, code_revision
 from .consistency import ConsistencyDistillTask
 from .distill import DistillTask, ProgressiveDistillTask
@@ -23,5 +26,5 @@ from .reflow import ReflowTask as ReflowTask  # registers "reflow" (reflow of fl
 from .text import TextTask
 from .text2image import TextToImageTask
 
-__all__ = ["TASKS", "ConsistencyDistillTask", "DistillTask", "ImageTask", "ProgressiveDistillTask", "Task", "TextTask",
-           "TextToImageTask", "TrainState", "code_revision"]
+__all__ = ["TASKS", "AutoencoderTask", "ConsistencyDistillTask", "DistillTask", "ImageTask", "ProgressiveDistillTask",
+           "Task", "TextTask", "TextToImageTask", "TrainState", "code_revision"]

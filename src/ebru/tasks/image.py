@@ -45,6 +45,9 @@ def image_net_config(cfg: Any, data: ImageDataset) -> dict[str, Any]:
     if h != w:
         raise ValueError(f"images must be square, got {h}x{w}")
     net = {"kind": "unet", **cfg.model}
+    if net["kind"] == "autoencoder":  # an nn.Module of ebru.nets, but not a denoiser
+        raise ValueError("model.kind = 'autoencoder' is trained by task = \"autoencoder\"; a denoiser's model.kind "
+                         "is unet or dit")
     for key, value in (("image_size", h), ("in_channels", c), ("out_channels", c)):
         if key in cfg.model and cfg.model[key] != value:
             raise ValueError(f"model.{key} = {cfg.model[key]} but the data has {key.replace('_', ' ')} {value}")

@@ -36,7 +36,7 @@ from ebru.diffusion.defaults import SAMPLING
 from ebru.tasks import TASKS
 from ebru.trust import TrustError, load_signing_key
 
-TABLES = ("model", "text", "encoder", "distill")  # nested tables that --set reaches with "table.key=value"
+TABLES = ("model", "text", "encoder", "distill", "autoencoder")  # nested tables: --set "table.key=value"
 
 # The kind of every scalar key, checked by TrainConfig.validate before anything runs.
 _COUNTS = {"steps": 1, "batch_size": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "keep_checkpoints": 0,
@@ -64,6 +64,7 @@ class TrainConfig:
     encoder: dict[str, Any] = field(default_factory=dict)
     sample_prompts: list[str] = field(default_factory=list)
     distill: dict[str, Any] = field(default_factory=dict)  # distillation tasks: teacher, grids (ebru.tasks.distill)
+    autoencoder: dict[str, Any] = field(default_factory=dict)  # autoencoder task: losses, pad (ebru.tasks.autoencoder)
     prediction: str = "edm"  # eps | x0 | v | edm | flow (rectified flow: velocity eps - x0)
     sigma_data: float = 0.5  # edm/v/eps/x0 scalings and the edm weighting; flow ignores it
     sigma_min: float = SAMPLING.sigma_min
@@ -156,6 +157,7 @@ class TrainConfig:
         need(isinstance(self.text, dict), "text must be a table of text-model settings")
         need(isinstance(self.encoder, dict), "encoder must be a table of text-encoder settings (name, max_length)")
         need(isinstance(self.distill, dict), "distill must be a table of distillation settings (teacher, ...)")
+        need(isinstance(self.autoencoder, dict), "autoencoder must be a table of autoencoder settings (kl_weight, ...)")
         need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
              f"sample_prompts must be a list of strings, got {self.sample_prompts!r}")
         need(self.sign_key is None or isinstance(self.sign_key, str),
