@@ -14,6 +14,9 @@ AUSTEN_RDB = $(EBRU_TEXT_DATA)/janeaustenr/usr/lib/R/site-library/janeaustenr/da
 install: data
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[dev]"
+	@# the browser ebru serve's page is tested in (Debian's chromium; Playwright downloads nothing)
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # Fashion-MNIST, fortunes and the KJV Bible ship as Debian packages; installed once, as root.
 data:

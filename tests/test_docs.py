@@ -364,7 +364,7 @@ def test_usage_check_catches_a_wrong_flag():
     parser = build_parser()
     assert usage_problems("text generate MODEL_DIR --block 8", parser) == ["'ebru text generate' has no flag --block"]
     assert usage_problems("sample MODEL_DIR -n 4 --grid g.png", parser) == []
-    assert usage_problems("serve MODEL_DIR", parser) == ["'ebru serve': no such command"]
+    assert usage_problems("deploy MODEL_DIR", parser) == ["'ebru deploy': no such command"]
     row = "| `ebru text generate MODEL_DIR [--steps S]` | decoders: `ancestral`; `--block` for blocks; `--top-k` |"
     assert table_row_problems(row, parser) == ["'ebru text generate' has no flag --block"]
     with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):

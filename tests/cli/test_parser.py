@@ -69,7 +69,7 @@ def test_every_command_that_loads_or_decides_on_a_package_takes_the_same_trust_f
     deciding = {name for name, p in COMMANDS.items()
                 if PACKAGE_ARGS & {a.dest for a in positionals(p)} and name not in NOT_DECIDING}
     assert deciding == {"sample", "eval", "text generate", "text infill", "text eval", "verify", "package", "pack",
-                        "unpack"}
+                        "unpack", "serve"}
 
     def definition(parser, flag):
         a = next(a for a in options(parser) if flag in a.option_strings)
@@ -85,7 +85,7 @@ def test_every_command_that_loads_or_decides_on_a_package_takes_the_same_trust_f
 
 
 CHECKED_NUMBERS = {argtypes.positive_int, argtypes.nonnegative_int, argtypes.finite_float, argtypes.nonnegative_float,
-                   argtypes.probability, argtypes.fraction}
+                   argtypes.positive_float, argtypes.probability, argtypes.fraction}
 
 
 def test_no_number_is_accepted_unchecked():
@@ -118,7 +118,9 @@ def test_every_seed_refuses_negatives(capsys, name, flag):
 def test_the_integer_checks_accept_what_they_should():
     assert argtypes.positive_int("3") == 3 and argtypes.nonnegative_int("0") == 0
     assert argtypes.probability("1") == 1.0 and argtypes.fraction("0") == 0.0
+    assert argtypes.positive_float("0.3") == 0.3
     for fn, bad in ((argtypes.finite_float, "inf"), (argtypes.probability, "0"), (argtypes.fraction, "1.01"),
+                    (argtypes.positive_float, "0"), (argtypes.positive_float, "nan"),
                     (argtypes.nonnegative_float, "-0.5"), (argtypes.finite_float, "x")):
         with pytest.raises(argparse.ArgumentTypeError):
             fn(bad)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from ebru import __version__
 from ebru.checks import did_you_mean
 
-from . import distill, image, provenance, text, trust, watermark
+from . import detect, distill, image, provenance, serve, text, trust, watermark
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     trust.register(sub)
     provenance.register(sub)
     watermark.register(sub)
+    detect.register(sub)
+    serve.register(sub)
     return p
 
 
