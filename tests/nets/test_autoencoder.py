@@ -1,11 +1,17 @@
-"""The KL autoencoder: shapes for f4 / f8, one-line refusals, the posterior's KL and reparameterised samples."""
+"""The KL autoencoder: shapes for f4 / f8, one-line refusals, the posterior's KL and reparameterised samples; the
+tiny preview decoder (shapes, cost against the decoder, old configs), the gradient-reversal layer and the patch
+discriminator."""
 
 from __future__ import annotations
+
+import tomllib
 
 import pytest
 import torch
 
 from ebru.nets import Autoencoder, AutoencoderConfig, DiagonalGaussian, build_net
+from ebru.nets.autoencoder import PatchDiscriminator, PreviewDecoder, reverse_gradient
+from ebru.train.config import RECIPES
 
 TINY = {"kind": "autoencoder", "image_size": 32, "channels": 8, "num_res_blocks": 1, "latent_channels": 4}
 
@@ -80,3 +86,105 @@ def test_reparameterised_sample_statistics_and_gradients():
     assert torch.equal(post.mode(), post.mean)
     with pytest.raises(ValueError, match="noise must have the latent shape"):
         post.sample(noise=torch.zeros(1, 2, 32, 32))
+
+
+# ------------------------------------------------------------------------------ the preview decoder and the GAN parts
+def conv_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of every Conv2d in one forward pass of ``module`` on one sample ``x`` (1, ...)."""
+    total = 0
+
+    def count(m, _inputs, out):
+        nonlocal total
+        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        module(x)
+    for h in hooks:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize(("mult", "factor"), [((1, 2, 2), 4), ((1, 1, 2, 2), 8)])
+def test_preview_decoder_shapes_for_f4_and_f8(mult, factor):
+    ae = build_net({**TINY, "channel_mult": list(mult), "preview_channels": 8})
+    assert isinstance(ae.preview, PreviewDecoder)
+    z = torch.randn(3, 4, 32 // factor, 32 // factor) * 5
+    out = ae.decode_preview(z)
+    assert out.shape == (3, 1, 32, 32) == ae.decode(z).shape
+    assert out.abs().max() < 1  # tanh output: inside (-1, 1)
+    assert ae.decode_preview(torch.randn(1, 4, 2, 3)).shape == (1, 1, 2 * factor, 3 * factor)  # fully convolutional
+    with pytest.raises(ValueError, match=r"latent must be \(B, 4, H, W\)"):
+        ae.decode_preview(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"no preview decoder \(preview_channels = 0\)"):
+        build_net({**TINY, "channel_mult": list(mult)}).decode_preview(z)
+
+
+def test_the_preview_decoder_costs_under_a_tenth_of_the_decoder():
+    """Multiply-adds counted conv by conv (not wall time), for the Fashion recipe's autoencoder and an f8 one."""
+    recipe = tomllib.loads((RECIPES / "autoencoder_fashion_mnist.toml").read_text(encoding="utf-8"))
+    fashion = {**recipe["model"], "image_size": 32}
+    assert fashion["preview_channels"] > 0  # on by default in the recipe
+    f8 = {**fashion, "channel_mult": [1, 2, 4, 4]}
+    for cfg in (fashion, f8):
+        ae = build_net(cfg)
+        z = torch.randn(1, *ae.config.latent_shape)
+        decoder, preview = conv_macs(ae.decoder, z), conv_macs(ae.preview, z)
+        assert decoder >= 10 * preview, (cfg["channel_mult"], decoder / preview)
+        assert sum(p.numel() for p in ae.decoder.parameters()) >= 10 * sum(p.numel() for p in ae.preview.parameters())
+    # the counter is right on a known case: a 3x3 conv 4 -> 8 on 5x5 is 8 * 25 * 4 * 9 multiply-adds
+    assert conv_macs(torch.nn.Conv2d(4, 8, 3, padding=1), torch.zeros(1, 4, 5, 5)) == 8 * 25 * 4 * 9
+
+
+def test_a_config_without_the_preview_key_builds_what_it_describes():
+    """Configs written before the preview decoder existed (no ``preview_channels``) build without one and load."""
+    old = {**TINY, "channel_mult": [1, 2, 2], "scale_factor": 0.5}
+    ae = build_net(old)
+    assert ae.preview is None and ae.config.preview_channels == 0
+    assert not any(k.startswith("preview.") for k in ae.state_dict())
+    build_net(old).load_state_dict(ae.state_dict())  # strict: an old weights file matches
+    assert AutoencoderConfig.from_dict(ae.config.to_dict()) == ae.config
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=r"preview_channels must be an integer >= 0"):
+            build_net({**old, "preview_channels": bad})
+
+
+def test_the_preview_decoder_does_not_change_the_autoencoders_initial_weights():
+    torch.manual_seed(0)
+    plain = build_net({**TINY, "channel_mult": [1, 2, 2]})
+    torch.manual_seed(0)
+    with_preview = build_net({**TINY, "channel_mult": [1, 2, 2], "preview_channels": 8})
+    got = with_preview.state_dict()
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, got[k]), k
+
+
+def test_reverse_gradient_is_the_identity_forward_and_negates_the_gradient_backward():
+    x = torch.randn(2, 3, requires_grad=True)
+    w = torch.randn(2, 3)
+    y = reverse_gradient(x, 0.5)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()
+    assert torch.equal(x.grad, -0.5 * w)
+    # a tensor scale works the same, and no gradient reaches the scale
+    x.grad = None
+    s = torch.tensor(2.0, requires_grad=True)
+    (reverse_gradient(x, s) * w).sum().backward()
+    assert torch.equal(x.grad, -2.0 * w) and s.grad is None
+
+
+def test_patch_discriminator_logits_are_local():
+    disc = PatchDiscriminator(1, 8)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        logits = disc(x)
+        assert logits.shape == (2, 1, 7, 7)
+        # patch (0, 0) sees input rows and columns 0..14 only (three 4x4 convs, strides 2, 2, 1, padding 1)
+        y = x.clone()
+        y[:, :, 15:, :] += 1.0
+        y[:, :, :, 15:] += 1.0
+        assert torch.equal(disc(y)[:, :, 0, 0], logits[:, :, 0, 0])
+        y = x.clone()
+        y[:, :, 14, 14] += 1.0
+        assert not torch.equal(disc(y)[:, :, 0, 0], logits[:, :, 0, 0])
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in disc.modules())

@@ -87,3 +87,35 @@ def test_an_image_package_is_refused_where_an_autoencoder_is_expected(tmp_path):
     path = write_package(tmp_path / "m", {"kind": "image-diffusion", "net": net}, build_net(net).state_dict(), card)
     with pytest.raises(ValueError, match=r"config.json: a image-diffusion package, not an ebru autoencoder"):
         load_autoencoder(path, quiet=True)
+
+
+def test_a_package_written_before_the_preview_decoder_existed_still_loads(tmp_path):
+    """A config.json ``net`` without ``preview_channels`` and weights without ``preview.*`` load as they are."""
+    from ebru.nets import build_net
+    from ebru.trust import write_package
+
+    net = {**TINY_AE, "image_size": 32, "in_channels": 1, "attention": False, "num_heads": 1, "scale_factor": 0.7}
+    weights = build_net(net).state_dict()
+    config = {"kind": "autoencoder", "net": net, "pad": 2, "factor": 2, "scale_factor": 0.7,
+              "data_image_shape": [1, 28, 28], "latent_shape": [2, 16, 16]}
+    path = write_package(tmp_path / "old", config, weights, "---\nlicense: mit\n---\n")
+    ae, cfg = load_autoencoder(path, quiet=True)
+    assert "preview_channels" not in cfg["net"] and ae.preview is None
+    for k, v in weights.items():
+        assert torch.equal(ae.state_dict()[k], v), k
+    x = tiny_dataset().tensors()[0][:2]
+    assert reconstruct(ae, x, pad=2).shape == x.shape
+    with pytest.raises(ValueError, match="no preview decoder"):
+        ae.decode_preview(torch.zeros(1, 2, 16, 16))
+
+
+def test_a_package_with_a_preview_decoder_carries_it_in_its_one_weights_file(tmp_path):
+    model_dir = Trainer(tiny_config(steps=1, model={**TINY_AE, "preview_channels": 4}), tmp_path,
+                        dataset=tiny_dataset(), progress=False).fit()
+    assert sorted(p.name for p in model_dir.glob("*.safetensors")) == ["model.safetensors"]
+    ae, config = load_autoencoder(model_dir, quiet=True)
+    assert config["net"]["preview_channels"] == 4 and ae.preview is not None
+    z = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ae.decode_preview(z), ae.preview(z))
+    assert "preview decoder" in (model_dir / "MODEL_CARD.md").read_text(encoding="utf-8")

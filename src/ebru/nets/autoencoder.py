@@ -49,6 +49,8 @@ class AutoencoderConfig(NetConfig):
             at the bottleneck; costly at large sizes, cheap at 8x8).
         num_heads: attention heads (must divide the width at the lowest resolution).
         scale_factor: 1 / std of training latents (set at export), or None.
+        preview_channels: width of the tiny preview decoder (:class:`PreviewDecoder`), 0 for none. The default
+            is 0 so that configs written before the preview decoder existed build the network they describe.
     """
 
     kind: str = "autoencoder"
@@ -61,6 +63,7 @@ class AutoencoderConfig(NetConfig):
     attention: bool = False
     num_heads: int = 1
     scale_factor: float | None = None
+    preview_channels: int = 0
 
     KIND: ClassVar[str] = "autoencoder"
 
@@ -72,6 +75,9 @@ class AutoencoderConfig(NetConfig):
             raise ValueError(f"channel_mult must be a non-empty tuple of positive integers, got {self.channel_mult!r}")
         for m in self.channel_mult:
             _positive_int("every channel_mult entry", m)
+        p = self.preview_channels
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise ValueError(f"preview_channels must be an integer >= 0 (0: no preview decoder), got {p!r}")
         if not isinstance(self.attention, bool):
             raise ValueError(f"attention must be true or false, got {self.attention!r}")
         if self.image_size % self.factor:
@@ -233,13 +239,117 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class PreviewBlock(nn.Module):
+    """TAESD's block: conv3x3-ReLU-conv3x3 plus the input, then ReLU; (B, C, h, w) -> (B, C, h, w)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class PreviewDecoder(nn.Module):
+    """A tiny decoder for live previews, TAESD-shaped (madebyollin/taesd ``Decoder``, cut down for small images).
+
+    (B, latent_channels, h, w) -> (B, out_channels, h * factor, w * factor), values in (-1, 1)::
+
+        3 tanh(z / 3)                                          TAESD's soft clamp of the latents to (-3, 3)
+        conv3x3 -> C, ReLU, block, block                       at the latent resolution
+        per halving: nearest x2, conv3x3 (no bias), ReLU,      (a block after each but the last upsample;
+                     block                                      full resolution gets none: it is the costly one)
+        conv3x3 -> out_channels, tanh
+
+    No normalisation and no attention, only ReLU convolutions: cheap at every sampling step. With ``C = 16``
+    on the Fashion autoencoder (f = 4, widths 16/32/64) it costs about 1/13 of :class:`Decoder`'s
+    multiply-adds (``tests/nets/test_autoencoder.py`` counts them). It is trained to imitate the real
+    decoder, not the data (:mod:`ebru.tasks.autoencoder`), so it shows what the final decode will show.
+    """
+
+    def __init__(self, latent_channels: int, out_channels: int, factor: int, channels: int):
+        super().__init__()
+        _positive_int("preview channels", channels)
+        halvings = int(math.log2(factor))
+        if 2 ** halvings != factor:
+            raise ValueError(f"the preview decoder's factor must be a power of 2, got {factor}")
+        self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
+        self.low = nn.Sequential(PreviewBlock(channels), PreviewBlock(channels))
+        self.ups = nn.ModuleList()
+        for i in range(halvings):
+            stage: list[nn.Module] = [nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                      nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.ReLU()]
+            if i < halvings - 1:
+                stage.append(PreviewBlock(channels))
+            self.ups.append(nn.Sequential(*stage))
+        self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.low(F.relu(self.conv_in(3.0 * torch.tanh(z / 3.0))))
+        for up in self.ups:
+            h = up(h)
+        return torch.tanh(self.conv_out(h))
+
+
+class PatchDiscriminator(nn.Module):
+    """A PatchGAN discriminator: (B, C, H, W) images -> (B, 1, H/4 - 1, W/4 - 1) real-vs-fake logits.
+
+    Three convolutions (Isola et al. 2017; taming-transformers' ``NLayerDiscriminator`` with one strided layer
+    fewer, as LDM appendix G uses for its KL autoencoders)::
+
+        conv4x4 stride 2 -> C, LeakyReLU(0.2)          (H/2)
+        conv4x4 stride 2 -> 2C, LeakyReLU(0.2)         (H/4)
+        conv4x4 stride 1 -> 1                          (H/4 - 1): one logit per 22x22-pixel patch
+
+    No normalisation (batch norm would mix the real and fake halves of a batch; the hinge loss and the small
+    width keep it tame). Each logit judges one patch, so the adversarial term sharpens local texture, which
+    L1 and the perceptual term blur, and says nothing about global layout. Needs H, W >= 8.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 32):
+        super().__init__()
+        _positive_int("discriminator channels", channels)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * channels, 1, 4, stride=1, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float | Tensor) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """The gradient-reversal layer (Ganin & Lempitsky 2015): ``x`` unchanged forward, ``-scale * grad`` backward.
+
+    Put between a generator's output and a discriminator, one backward pass of the discriminator's loss gives
+    the discriminator the gradient that lowers that loss and the generator ``scale`` times the gradient that
+    raises it: the two sides of a min-max game in one optimiser step. ``scale``: a number or a 0-dim tensor
+    (taken detached: no gradient reaches it).
+    """
+    return _ReverseGradient.apply(x, scale.detach() if isinstance(scale, Tensor) else float(scale))
+
+
 class Autoencoder(nn.Module):
     """A KL autoencoder: ``encode(x) -> DiagonalGaussian``, ``decode(z) -> x`` (see the module docstring).
 
     Images are (B, in_channels, H, W) in [-1, 1] with H and W divisible by ``factor``; latents are
     (B, latent_channels, H / factor, W / factor). ``forward(x, noise=None)`` returns ``(reconstruction,
     posterior)``, decoding a reparameterised sample when ``noise`` is given (training) and the mode otherwise.
-    Raises ``ValueError`` for an input of the wrong rank, channels or size.
+    ``preview`` is the tiny :class:`PreviewDecoder` (None when ``config.preview_channels`` is 0), run by
+    ``decode_preview(z)``. Raises ``ValueError`` for an input of the wrong rank, channels or size.
     """
 
     def __init__(self, config: AutoencoderConfig | dict[str, Any]):
@@ -250,6 +360,9 @@ class Autoencoder(nn.Module):
         self.factor = config.factor
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # built after the encoder and decoder, so that their initial weights do not depend on it
+        self.preview = (PreviewDecoder(config.latent_channels, config.in_channels, config.factor,
+                                       config.preview_channels) if config.preview_channels else None)
 
     def _check(self, x: Tensor, channels: int, what: str, step: int) -> None:
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != channels:
@@ -270,6 +383,18 @@ class Autoencoder(nn.Module):
         self._check(z, self.config.latent_channels, "latent", 1)
         return self.decoder(z)
 
+    def decode_preview(self, z: Tensor) -> Tensor:
+        """Preview images (B, C, h*f, w*f) in (-1, 1) from unscaled latents ``z`` (B, latent_channels, h, w),
+        by the tiny :class:`PreviewDecoder` (an approximation of :meth:`decode` at a fraction of its cost).
+
+        Raises ValueError when this autoencoder has none (``preview_channels = 0``) or for a wrong shape.
+        """
+        if self.preview is None:
+            raise ValueError("this autoencoder has no preview decoder (preview_channels = 0): train one with "
+                             "model.preview_channels = 16, or decode with decode()")
+        self._check(z, self.config.latent_channels, "latent", 1)
+        return self.preview(z)
+
     def forward(self, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, DiagonalGaussian]:
         posterior = self.encode(x)
         z = posterior.mode() if noise is None else posterior.sample(noise=noise)
@@ -281,4 +406,5 @@ class Autoencoder(nn.Module):
         return self.config.scale_factor
 
 
-__all__ = ["Autoencoder", "AutoencoderConfig", "DiagonalGaussian"]
+__all__ = ["Autoencoder", "AutoencoderConfig", "DiagonalGaussian", "PatchDiscriminator", "PreviewDecoder",
+           "reverse_gradient"]
