@@ -9,7 +9,9 @@ restored in pixel space at the end, and a NaN check that names the step).
 
 The autoencoder is any object with ``encode(x)`` (returning a posterior with ``mode()``, or a tensor),
 ``decode(z)`` and an integer ``factor`` (``ebru.nets.Autoencoder`` is one); ``scale`` is its latent scale
-factor (1 / std of training latents; Stable Diffusion's 0.18215).
+factor (1 / std of training latents; Stable Diffusion's 0.18215). ``pad`` background (-1) pixels are added on
+each side of an image before encoding and cropped off after decoding (an autoencoder trained on Fashion-MNIST
+padded from 28 to 32 pixels has ``pad = 2``); image shapes are always the unpadded ones.
 """
 
 from __future__ import annotations
@@ -31,14 +33,18 @@ class LatentDenoiser:
         denoiser: the latent model, ``D(z, sigma, **cond) -> z0_hat`` over (B, C_z, H/f, W/f) scaled latents.
         autoencoder: ``encode`` / ``decode`` / ``factor`` (an ``ebru.nets.Autoencoder``).
         scale: the latent scale factor (> 0): ``z = scale * mode(E(x))``, ``x = decode(z / scale)``.
+        pad: background pixels added on each side before encoding and cropped after decoding (>= 0).
     """
 
-    def __init__(self, denoiser: Any, autoencoder: Any, scale: float):
+    def __init__(self, denoiser: Any, autoencoder: Any, scale: float, pad: int = 0):
         if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale > 0 or scale == float("inf"):
             raise ValueError(f"the latent scale factor must be a positive number, got {scale!r}")
         self.denoiser = denoiser
         self.autoencoder = autoencoder
         self.scale = float(scale)
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+            raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
+        self.pad = pad
         self.factor = int(getattr(autoencoder, "factor", 1))
         for name in ("sigma_min", "sigma_max"):  # sample()'s defaults come from the latent model
             if hasattr(denoiser, name):
@@ -49,26 +55,36 @@ class LatentDenoiser:
         return self.denoiser(z, sigma, **cond)
 
     def latent_shape(self, image_shape: Sequence[int], channels: int) -> tuple[int, int, int]:
-        """(channels, H / f, W / f) for images (C, H, W); ValueError in one line when f does not divide H or W."""
-        _, h, w = (int(s) for s in image_shape)
+        """(channels, (H + 2 pad) / f, (W + 2 pad) / f) for images (C, H, W); ValueError in one line when f does
+        not divide the padded H or W."""
+        _, h, w = (int(s) + 2 * self.pad for s in image_shape)
         f = self.factor
         if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} is not divisible by the autoencoder's factor f={f}")
+            padded = f" (padded by {self.pad} on each side)" if self.pad else ""
+            raise ValueError(f"image size {h - 2 * self.pad}x{w - 2 * self.pad}{padded} is not divisible by the "
+                             f"autoencoder's factor f={f}")
         return (channels, h // f, w // f)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Scaled latents ``scale * mode(E(x))`` of images (B, C, H, W) in [-1, 1]."""
+        """Scaled latents ``scale * mode(E(pad(x)))`` of images (B, C, H, W) in [-1, 1]."""
         self.latent_shape(x.shape[1:], 1)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, value=-1.0)
         post = self.autoencoder.encode(x)
         return self.scale * (post if isinstance(post, Tensor) else post.mode())
 
     @torch.no_grad()
-    def decode(self, z: Tensor) -> Tensor:
-        """Images ``D(z / scale)`` (B, C, H, W) from scaled latents; ValueError if ``z`` holds NaN or inf."""
+    def decode(self, z: Tensor, preview: bool = False) -> Tensor:
+        """Images ``D(z / scale)`` (B, C, H, W), padding cropped, from scaled latents; ValueError if ``z`` holds
+        NaN or inf. ``preview``: decode with the autoencoder's tiny preview decoder (``decode_preview``, TAESD's
+        role: cheap enough for every step's live preview) when it has one (its ``preview`` is not None)."""
         if not bool(torch.isfinite(z).all()):
             raise ValueError("the latents to decode hold NaN or inf values")
-        return self.autoencoder.decode(z / self.scale)
+        cheap = preview and getattr(self.autoencoder, "preview", None) is not None
+        x = (self.autoencoder.decode_preview if cheap else self.autoencoder.decode)(z / self.scale)
+        p = self.pad
+        return x[:, :, p:x.shape[2] - p, p:x.shape[3] - p] if p else x
 
     def sample(self, image_shape: Sequence[int], latent_channels: int, num: int, *, init: Tensor | None = None,
                mask: Tensor | None = None, callback: Any = None, **kwargs: Any) -> Tensor:
@@ -91,6 +107,8 @@ class LatentDenoiser:
             if init is None:
                 raise ValueError("mask needs init: the image whose unmasked region is kept")
             m = mask.to(init.dtype).amax(dim=1, keepdim=True)
+            if self.pad:  # the padding is background to keep
+                m = F.pad(m, (self.pad,) * 4, value=0.0)
             z_mask = F.max_pool2d(m, self.factor) if self.factor > 1 else m
 
         def check(info: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ebru.checks import finite_number, one_of, positive_int
 from ebru.data.grid import save_image_atomically, to_uint8
-from ebru.diffusion import SAMPLERS, sample
+from ebru.diffusion import SAMPLERS
 from ebru.provenance.detector import (
     DETECTOR_FPR,
     Detector,
@@ -224,9 +224,9 @@ class GeneratorModel:
         if init is not None:
             init = init.to(pipe.device).float().div(127.5).sub(1)
             mask = mask.to(pipe.device).float().expand_as(init)
-        x = sample(pipe.denoiser, (len(seeds), *self.image_shape), sampler=s["sampler"], steps=s["steps"],
-                   schedule=s["schedule"], sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], seeds=list(seeds),
-                   device=pipe.device, guidance_scale=guidance, uncond=uncond, init=init, mask=mask, **cond)
+        x = pipe.run_sampler(len(seeds), sampler=s["sampler"], steps=s["steps"], schedule=s["schedule"],
+                             sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], seeds=list(seeds), device=pipe.device,
+                             guidance_scale=guidance, uncond=uncond, init=init, mask=mask, **cond)
         return quantise(x)
 
 

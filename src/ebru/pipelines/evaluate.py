@@ -63,6 +63,9 @@ def evaluate_model(model: Any, *, metrics: Sequence[str] = DEFAULT_METRICS, n: i
     if "agreement" in metrics and not pipe.num_classes:
         raise ValueError("agreement needs a class-conditional model; this model has no classes "
                          "(drop agreement from --metrics)")
+    if set(DATA_METRICS) & set(metrics) and pipe.latent is not None:
+        raise ValueError("nll and nll_bound are likelihoods of pixels under a pixel-space model; this is a latent "
+                         "model (its likelihood is of latents): drop them from --metrics")
     sample_metrics = [m for m in metrics if m not in DATA_METRICS]
     net = resolve_feature_net(feature_net) if sample_metrics else None
     if net is not None:

@@ -20,7 +20,9 @@ from ebru.diffusion import Precond, sample
 from ebru.diffusion.consistency import ConsistencyDenoiser
 from ebru.diffusion.defaults import SAMPLING
 from ebru.diffusion.distill import GridSchedule, GuidanceInput
+from ebru.diffusion.latent import LatentDenoiser
 from ebru.nets import build_net
+from ebru.tasks.latent import LatentSpace
 from ebru.trust.manifest import CONFIG as MODEL_CONFIG
 
 from .outputs import image_names, resolve_watermark, safe_name, seed_list  # noqa: F401  (safe_name: re-exported)
@@ -41,6 +43,10 @@ def load_image_model(model_dir: str | Path | LoadedModel, **load_options: Any) -
 
     model = model_dir if isinstance(model_dir, LoadedModel) else load(model_dir, **load_options)
     config = model.config
+    if config.get("kind") == "autoencoder":
+        raise ValueError(f"{model.path}: an autoencoder package, not a diffusion model; score it with 'ebru eval "
+                         f"{model.path}', or train a latent model on it with 'ebru train latent_fashion_mnist --set "
+                         f"autoencoder={model.path}'")
     if config.get("kind") != "image-diffusion" or "net" not in config:
         raise ValueError(f"{model.path / MODEL_CONFIG}: not an ebru image-diffusion model config")
     return model
@@ -78,6 +84,35 @@ def student_denoiser(denoiser: Precond, config: dict[str, Any]) -> Any:
     return denoiser
 
 
+def build_denoiser(model: LoadedModel, device: torch.device) -> Any:
+    """The Denoiser a verified image package describes, on ``device``, in eval mode.
+
+    The network under its preconditioning, a distilled student in its own parameterisation
+    (:func:`student_denoiser`) and, for a latent diffusion package (``config["latent"]``), inside a
+    :class:`~ebru.diffusion.latent.LatentDenoiser` with the bundled autoencoder (its weights' SHA-256 checked
+    against the record: :meth:`~ebru.tasks.latent.LatentSpace.from_package`). Raises ValueError (one line)
+    for weights that do not match ``config.json``.
+    """
+    config = model.config
+    net = build_net(config["net"])
+    try:
+        net.load_state_dict(model.weights, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{model.path}: weights do not match config.json ({str(e).splitlines()[0]})") from None
+    p = config.get("precond", {})
+    denoiser = student_denoiser(Precond(net.to(device).eval(), p.get("prediction", "edm"), p.get("sigma_data")),
+                                config)
+    if config.get("latent") is not None:
+        denoiser = LatentSpace.from_package(model, device).denoiser(denoiser)
+    return denoiser
+
+
+def noise_shape(config: dict[str, Any]) -> tuple[int, ...]:
+    """The shape (C, H, W) one sample's noise has: the latents' for a latent model, else the image's."""
+    latent = config.get("latent")
+    return tuple(latent["latent_shape"]) if isinstance(latent, dict) else tuple(config["image_shape"])
+
+
 class ImagePipeline:
     """A trained image denoiser plus its sampling defaults, class names and output watermark.
 
@@ -86,6 +121,9 @@ class ImagePipeline:
             :meth:`from_pretrained`, else None.
         watermark: the :class:`~ebru.provenance.GaussianShading` scheme whose noise every sample starts
             from, or None (no watermark). See :func:`ebru.pipelines.outputs.resolve_watermark`.
+        latent: the :class:`~ebru.diffusion.latent.LatentDenoiser` of a latent diffusion model (sampling runs
+            in its latent space and decodes once), else None.
+        noise_shape: (C, H, W) of one sample's noise (and watermark): the latents' or the image's.
     """
 
     def __init__(self, denoiser: Precond | GuidanceInput, config: dict[str, Any], device: torch.device,
@@ -98,6 +136,22 @@ class ImagePipeline:
         self.num_classes: int | None = config.get("num_classes")
         self.model = model
         self.watermark = watermark
+        self.latent = denoiser if isinstance(denoiser, LatentDenoiser) else None
+        self.noise_shape = noise_shape(config)
+
+    def preview(self, x: Tensor) -> Tensor:
+        """A sampler callback's tensor (``info["denoised"]`` or ``info["x"]``) as images (B, C, H, W): latents decoded
+        by the autoencoder's cheap preview decoder when it has one, else by its decoder; images unchanged."""
+        if self.latent is None:
+            return x
+        return self.latent.decode(x, preview=True)
+
+    def run_sampler(self, n: int, **kwargs: Any) -> Tensor:
+        """``n`` samples (n, C, H, W) by :func:`ebru.diffusion.sample` with ``kwargs``: in pixel space, or in the
+        latent space of a latent model, decoded once at the end (:meth:`LatentDenoiser.sample`)."""
+        if self.latent is not None:
+            return self.latent.sample(self.image_shape, self.noise_shape[0], n, **kwargs)
+        return sample(self.denoiser, (n, *self.image_shape), **kwargs)
 
     @property
     def model_digest(self) -> str:
@@ -135,21 +189,12 @@ class ImagePipeline:
         use, with a note); False: none; or a :class:`~ebru.provenance.WatermarkKey` or ``.wmkey`` path.
         """
         model = load_image_model(model_dir)
-        config, weights = model.config, model.weights
+        config = model.config
         if config.get("text_encoder"):
             raise ValueError(f"{model_dir} is a text-to-image model: load it with TextToImagePipeline and give "
                              "a prompt (ebru sample --prompt \"...\")")
-        net = build_net(config["net"])
-        try:
-            net.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()[0]
-            raise ValueError(f"{model_dir}: weights do not match config.json ({first})") from None
         dev = torch.device(device)
-        net = net.to(dev).eval()
-        p = config.get("precond", {})
-        denoiser = student_denoiser(Precond(net, p.get("prediction", "edm"), p.get("sigma_data")), config)
-        return cls(denoiser, config, dev, model, resolve_watermark(watermark, config["image_shape"]))
+        return cls(build_denoiser(model, dev), config, dev, model, resolve_watermark(watermark, noise_shape(config)))
 
     def class_index(self, c: int | str) -> int:
         """A class by index or by (case-insensitive) name."""
@@ -288,8 +333,8 @@ class ImagePipeline:
         setting = self.sampling(sampler, num_inference_steps, schedule)
         if (note := self.distilled_warning(setting)) is not None:
             warnings.warn(note, UserWarning, stacklevel=2)
-        return sample(
-            self.denoiser, (n, *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
+        return self.run_sampler(
+            n, sampler=setting["sampler"], steps=setting["steps"],
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"], seeds=seeds,
             device=self.device, guidance_scale=guidance,
             uncond={"class_labels": torch.full((1,), -1, device=self.device)} if guidance is not None else None,

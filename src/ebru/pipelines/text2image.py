@@ -27,12 +27,11 @@ import torch
 from torch import Tensor
 
 from ebru.checks import positive_int
-from ebru.diffusion import Precond, sample
+from ebru.diffusion import Precond
 from ebru.encoders import TextEncoder, load_encoder
-from ebru.nets import build_net
 from ebru.tasks.text2image import text_condition
 
-from .image import ImagePipeline, load_image_model, student_denoiser
+from .image import ImagePipeline, build_denoiser, load_image_model, noise_shape
 from .outputs import resolve_watermark
 
 
@@ -68,22 +67,15 @@ class TextToImagePipeline(ImagePipeline):
         ``ebru.encoders.EncoderError`` for a missing encoder package or changed encoder weights.
         """
         model = load_image_model(model_dir, **load_options)
-        config, weights = model.config, model.weights
+        config = model.config
         if not config.get("text_encoder"):
             kind = "class-conditional" if config.get("num_classes") else "unconditional"
             raise ValueError(f"{model_dir} is a {kind} image model, not a text-to-image one: sample it without "
                              "a prompt (ImagePipeline, or ebru sample with --class)")
         encoder = load_encoder(config["text_encoder"])
-        net = build_net(config["net"])
-        try:
-            net.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{model_dir}: weights do not match config.json ({str(e).splitlines()[0]})") from None
         dev = torch.device(device)
-        p = config.get("precond", {})
-        denoiser = student_denoiser(Precond(net.to(dev).eval(), p.get("prediction", "edm"), p.get("sigma_data")),
-                                    config)  # a distilled student's own parameterisation and guidance input
-        return cls(denoiser, config, dev, encoder, model, resolve_watermark(watermark, config["image_shape"]))
+        return cls(build_denoiser(model, dev), config, dev, encoder, model,
+                   resolve_watermark(watermark, noise_shape(config)))
 
     def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
                  n: int = 1, *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
@@ -146,8 +138,8 @@ class TextToImagePipeline(ImagePipeline):
         setting = self.sampling(sampler, num_inference_steps, schedule)
         if (note := self.distilled_warning(setting)) is not None:
             warnings.warn(note, UserWarning, stacklevel=2)
-        return sample(
-            self.denoiser, (len(rows), *self.image_shape), sampler=setting["sampler"], steps=setting["steps"],
+        return self.run_sampler(
+            len(rows), sampler=setting["sampler"], steps=setting["steps"],
             schedule=setting["schedule"], sigma_min=setting["sigma_min"], sigma_max=setting["sigma_max"],
             seeds=seeds, device=self.device, guidance_scale=guidance, uncond=text_condition(enc[neg_rows]),
             guidance_interval=guidance_interval, progress=progress, callback=callback,

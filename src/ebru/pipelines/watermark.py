@@ -104,7 +104,7 @@ def detect_files(paths: Sequence[str | os.PathLike], model: Any, *, key: Any = N
 
         candidates = known_ids() or None
     pipe = load_detector(model, device)
-    scheme = GaussianShading(watermark_key(key), pipe.image_shape)
+    scheme = GaussianShading(watermark_key(key), pipe.noise_shape)  # a latent model's mark is in its latent noise
     sigma_start = finite_number("sigma_start", sigma_start, positive=True)
     channels, height, width = pipe.image_shape
     rows: list[dict[str, Any]] = []
@@ -124,9 +124,12 @@ def detect_files(paths: Sequence[str | os.PathLike], model: Any, *, key: Any = N
         chunk = loaded[start:start + BATCH]
         # files may differ in size: each is brought to the model's size on its own, then they go as one batch
         x = torch.cat([fit_to_shape(torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1)[None],
-                                    scheme.shape) for _, arr in chunk]).to(pipe.device)
+                                    pipe.image_shape) for _, arr in chunk]).to(pipe.device)
         with torch.inference_mode():
-            results = detect_watermark(pipe.denoiser, x, scheme, sampler=sampler, steps=steps,
+            denoiser = pipe.denoiser
+            if pipe.latent is not None:  # invert the latents: encoded once, then the latent model's ODE backwards
+                x, denoiser = pipe.latent.encode(x), pipe.latent.denoiser
+            results = detect_watermark(denoiser, x, scheme, sampler=sampler, steps=steps,
                                        schedule=s.get("schedule", SAMPLING.schedule), sigma_min=sigma_start,
                                        sigma_max=s["sigma_max"], fpr=fpr, candidates=candidates,
                                        **null_condition(pipe, len(chunk)))

@@ -308,8 +308,9 @@ class ModelWorker:
                 job.emit("progress", data)
                 if job.kind == "image" and job.preview_every and (step % job.preview_every == 0
                                                                   or step == job.total):
-                    job.emit("preview", {"step": step, "total": job.total,
-                                         "image": png_b64(info.get("denoised", info["x"])[offsets[k]].float().cpu())})
+                    x = info.get("denoised", info["x"])[offsets[k]:offsets[k] + 1]
+                    job.emit("preview", {"step": step, "total": job.total,  # latents: the tiny preview decoder
+                                         "image": png_b64(self.model.pipe.preview(x)[0].float().cpu())})
         return callback
 
     def _run_images(self, batch: list[Job]) -> None:

@@ -114,6 +114,7 @@ class TextToImageTask(ImageTask):
         self.conditional = True
         self.sigma_dist = LogNormalSigma(cfg.p_mean, cfg.p_std)
         self.weighting_options = WEIGHTINGS[cfg.weighting].options
+        self.enter_latent_space(is_main)
 
     def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         """ImageTask's draws plus ``caption`` (B,): the row of ``self.encodings`` each sample is trained on."""
@@ -146,11 +147,11 @@ class TextToImageTask(ImageTask):
             warnings.simplefilter("ignore", UserWarning)  # a long preview prompt is truncated as in training
             enc = self.encoder.encode(["", *prompts]).to(self.device)
         rows = torch.arange(1, len(prompts) + 1, device=self.device).repeat_interleave(per_prompt)
-        x = sample(d, (len(rows), *self.images.shape[1:]), seeds=range(len(rows)), guidance_scale=cfg.sample_guidance,
+        x = sample(d, (len(rows), *self.example_shape), seeds=range(len(rows)), guidance_scale=cfg.sample_guidance,
                    uncond=text_condition(enc[0:1]), sampler=cfg.sample_sampler, steps=cfg.sample_steps,
                    sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, device=self.device,
                    **text_condition(enc[rows]))
-        return save_grid(x, Path(stem).with_suffix(".png"), nrow=per_prompt, row_labels=prompts,
+        return save_grid(self.to_pixels(x), Path(stem).with_suffix(".png"), nrow=per_prompt, row_labels=prompts,
                          title=f"step {state.step}, guidance {cfg.sample_guidance:g}")
 
     def model_config(self, state: TrainState) -> dict[str, Any]:

@@ -64,7 +64,9 @@ class TrainConfig:
     encoder: dict[str, Any] = field(default_factory=dict)
     sample_prompts: list[str] = field(default_factory=list)
     distill: dict[str, Any] = field(default_factory=dict)  # distillation tasks: teacher, grids (ebru.tasks.distill)
-    autoencoder: dict[str, Any] = field(default_factory=dict)  # autoencoder task: losses, pad (ebru.tasks.autoencoder)
+    # task "autoencoder": a table of its losses and pad (ebru.tasks.autoencoder); tasks "image" and "text2image":
+    # the path of an autoencoder package to diffuse in the latent space of (latent diffusion), or absent
+    autoencoder: dict[str, Any] | str = field(default_factory=dict)
     prediction: str = "edm"  # eps | x0 | v | edm | flow (rectified flow: velocity eps - x0)
     sigma_data: float = 0.5  # edm/v/eps/x0 scalings and the edm weighting; flow ignores it
     sigma_min: float = SAMPLING.sigma_min
@@ -157,7 +159,17 @@ class TrainConfig:
         need(isinstance(self.text, dict), "text must be a table of text-model settings")
         need(isinstance(self.encoder, dict), "encoder must be a table of text-encoder settings (name, max_length)")
         need(isinstance(self.distill, dict), "distill must be a table of distillation settings (teacher, ...)")
-        need(isinstance(self.autoencoder, dict), "autoencoder must be a table of autoencoder settings (kl_weight, ...)")
+        if self.task == "autoencoder" or not isinstance(self.autoencoder, str):
+            need(isinstance(self.autoencoder, dict),
+                 "autoencoder must be a table of autoencoder settings (kl_weight, ...) for task 'autoencoder', or "
+                 "for a diffusion task the path of an autoencoder package (latent diffusion)")
+        else:
+            need(self.task in ("image", "text2image"),
+                 f"autoencoder = {self.autoencoder!r}: latent diffusion is for tasks image and text2image, not "
+                 f"{self.task!r}")
+            need(Path(self.autoencoder).is_dir(),
+                 f"autoencoder = {self.autoencoder!r}: no such autoencoder package directory (train one with "
+                 "'ebru train autoencoder_fashion_mnist --out runs/ae-fmnist')")
         need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
              f"sample_prompts must be a list of strings, got {self.sample_prompts!r}")
         need(self.sign_key is None or isinstance(self.sign_key, str),

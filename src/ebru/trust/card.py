@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,17 +74,19 @@ class ModelCard:
     front_matter: dict[str, Any] = field(default_factory=dict)
 
 
-def card_front_matter(license_id: str, dataset: Any, *, pipeline_tag: str, intended_use: str) -> str:
-    """The front matter of a card for a model trained by ebru from scratch, ``---`` lines and final newline included.
+def card_front_matter(license_id: str, dataset: Any, *, pipeline_tag: str, intended_use: str,
+                      base_model: Sequence[str] = ()) -> str:
+    """The front matter of a card for a model trained by ebru, ``---`` lines and final newline included.
 
     ``dataset`` is written as a JSON string (a valid YAML scalar, whatever characters it holds).
-    Append the card's Markdown body after it.
+    ``base_model``: the packages the model was made from (a latent model's autoencoder), each of which must be in
+    the package's lineage; empty for a model trained from scratch. Append the card's Markdown body after it.
     """
     lines = [
         "---",
         f"license: {license_id}",
         "library_name: ebru",
-        "base_model: null",
+        *(["base_model:", *(f"  - {json.dumps(b)}" for b in base_model)] if base_model else ["base_model: null"]),
         "datasets:",
         f"  - {json.dumps(dataset)}",
         f"pipeline_tag: {pipeline_tag}",

@@ -46,6 +46,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "model.sig"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+# the one other weights file a package may hold: a latent diffusion model's bundled autoencoder (ebru.tasks.latent),
+# hashed and signed like the rest and read only through the strict safetensors reader
+AUTOENCODER_WEIGHTS = "autoencoder.safetensors"
 CARD = "MODEL_CARD.md"
 REQUIRED = (CONFIG, WEIGHTS, CARD)
 

@@ -38,6 +38,7 @@ from .errors import IntegrityError, TrustError, UnsafeFileError
 from .files import Stamp, check_stamp, list_files, read_file, sha256_bytes
 from .keys import SigningKey, load_signing_key
 from .manifest import (
+    AUTOENCODER_WEIGHTS,
     CARD,
     CONFIG,
     MANIFEST,
@@ -238,7 +239,8 @@ def package_dir(model_dir: str | os.PathLike, provenance: dict[str, Any] | None 
                 raise IntegrityError(d / req, "missing: a package needs config.json, model.safetensors and "
                                               "MODEL_CARD.md")
         for name in names:
-            if name.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")) and name != WEIGHTS:
+            if (name.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"))
+                    and name not in (WEIGHTS, AUTOENCODER_WEIGHTS)):
                 with open(d / name, "rb", opener=lambda p, fl: os.open(p, fl | getattr(os, "O_NOFOLLOW", 0))) as f:
                     refuse_unsafe_content(f, d / name)  # name a pickle as a pickle first
                 raise UnsafeFileError(d / name, "weights belong in model.safetensors only; remove this file")
@@ -258,6 +260,8 @@ def package_dir(model_dir: str | os.PathLike, provenance: dict[str, Any] | None 
             with _open_hashed(d / name, stamps[name]) as f:
                 refuse_unsafe_content(f, d / name)
         validate_file(d / WEIGHTS, stamp=stamps[WEIGHTS])
+        if AUTOENCODER_WEIGHTS in stamps:
+            validate_file(d / AUTOENCODER_WEIGHTS, stamp=stamps[AUTOENCODER_WEIGHTS])
         config = loads(_read_hashed(d / CONFIG, manifest.files[CONFIG].sha256), d / CONFIG, "config")
         if not isinstance(config, dict):
             raise TrustError(d / CONFIG, "is not a JSON object")
