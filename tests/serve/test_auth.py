@@ -123,3 +123,24 @@ def test_a_job_is_seen_only_by_its_token_and_the_audit_log_names_it(guarded, sta
     assert out["sha256"] == hashlib.sha256(c.get(f"/v1/jobs/{jid}/images/0", headers=ana).content).hexdigest()
     for token in tokens.values():
         assert token not in log and token.split("-", 2)[2] not in log
+
+
+def test_a_cancelled_job_is_on_the_audit_log_with_how_far_it_got_and_no_outputs(guarded, state):
+    running, tokens = guarded
+    c = running.client
+    ana = {"Authorization": f"Bearer {tokens['ana']}"}
+    blocker = c.post("/v1/generations", json={"model": "cond", "n": 16, "steps": 200, "sampler": "heun", "seed": 0},
+                     headers=ana).json()["job_id"]
+    waiting = c.post("/v1/generations", json={"model": "cond", "n": 1, "steps": 2, "seed": 9}, headers=ana)
+    jid = waiting.json()["job_id"]
+    for job in (jid, blocker):
+        assert c.post(f"/v1/jobs/{job}/cancel", headers=ana).status_code == 202
+        assert read_events(c, job, headers=ana)[-1][0] == "cancelled"
+    entries = [json.loads(line) for line in (state / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    mine = {e["data"]["job"]: e["data"] for e in entries if e["event"] == "generation"
+            and e["data"].get("job") in (jid, blocker)}
+    assert set(mine) == {jid, blocker}
+    for job, data in mine.items():
+        assert data["state"] == "cancelled" and data["client"] == "ana" and "outputs" not in data
+        assert data["total"] == (2 if job == jid else 200) and data["step"] < data["total"]
+    assert mine[jid]["seeds"] == [9] and mine[jid]["step"] == 0

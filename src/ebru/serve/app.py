@@ -249,7 +249,7 @@ class Server:
         self.models, self.limits, self.out_dir, self.tokens = models, limits, out_dir, tokens
         self.prompt_policy = prompt_policy
         self.workers = {name: ModelWorker(m, limits, out_dir, prompt_policy=prompt_policy,
-                                          on_generation=self.audit) for name, m in models.items()}
+                                          on_generation=self.audit, on_end=self.audit) for name, m in models.items()}
         self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self.lock = threading.Lock()
         self.descriptions = [m.describe() for m in models.values()]
@@ -284,12 +284,14 @@ class Server:
         return job
 
     def audit(self, job: Job) -> None:
-        """One audit-log entry per finished job, naming the token's NAME (never the token) and the outputs."""
+        """One audit-log entry per job that ends, naming the token's NAME (never the token): the outputs of a done
+        job; for one cancelled or failed (``state``), how far it got and why, with no outputs."""
         from ebru.trust import audit
 
         data: dict[str, Any] = {"source": "ebru serve", "client": job.owner, "job": job.id, "kind": job.kind,
                                 "model": job.model.name, "model_digest": job.model.loaded.manifest_sha256,
-                                "seeds": job.seeds}
+                                "seeds": job.seeds, "state": "done" if job.state not in ("cancelled", "failed")
+                                else job.state}
         settings = {k: v for k, v in job.settings.items() if k not in ("prompts", "negative_prompts", "prompt",
                                                                       "template", "labels")}
         texts = [t for t in (job.settings.get("prompts", [None])[0], job.settings.get("negative_prompts", [None])[0],
@@ -299,7 +301,9 @@ class Server:
         elif texts and self.prompt_policy == "full":
             settings["prompt"] = texts
         data["settings"] = settings
-        if job.kind == "image":
+        if data["state"] != "done":
+            data.update({"step": job.step, "total": job.total, "reason": job.error})
+        elif job.kind == "image":
             data["outputs"] = [{"path": str(p), "sha256": r["sha256"], "watermark_id": r["watermark_id"]}
                                for p, r in zip(job.files, job.results)]
         else:

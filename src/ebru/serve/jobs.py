@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class Job:
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self.finished_event = threading.Event()
+        self.on_end: Callable[[Job], None] | None = None  # called when it ends cancelled or failed (the audit entry)
 
     # ------------------------------------------------------------------------------ events
     def emit(self, event: str, data: dict[str, Any]) -> None:
@@ -115,6 +117,14 @@ class Job:
 
     def _finish(self, state: str, event: str, data: dict[str, Any]) -> None:
         self.state, self.finished, self.position = state, time.time(), None
+        if state != "done" and self.on_end is not None:
+            if state == "cancelled" and data.get("reason"):
+                self.error = self.error or data["reason"]
+            try:  # a job that ends without outputs is still on the record; the record never breaks the job's end
+                self.on_end(self)
+            except Exception as e:
+                warnings.warn(f"the audit entry of job {self.id} could not be written: {e}", RuntimeWarning,
+                              stacklevel=2)
         self.emit(event, data)
         self.finished_event.set()
 
@@ -158,14 +168,15 @@ class ModelWorker:
     """The thread that runs one model's jobs (see the module docstring).
 
     ``out_dir``: where image jobs' files go (``out_dir/<job id>/``). ``on_generation(job)``: called after a job
-    is done (the server writes its audit entry there; an exception from it fails the job).
+    is done (the server writes its audit entry there; an exception from it fails the job). ``on_end(job)``:
+    called when a job it took ends cancelled or failed (its audit entry; an exception from it is a warning).
     """
 
     def __init__(self, model: ServedModel, limits: Any, out_dir: Path, *, prompt_policy: str = "hash",
-                 on_generation: Callable[[Job], None] | None = None):
+                 on_generation: Callable[[Job], None] | None = None, on_end: Callable[[Job], None] | None = None):
         self.model, self.limits, self.out_dir = model, limits, Path(out_dir)
         self.prompt_policy = prompt_policy
-        self.on_generation = on_generation
+        self.on_generation, self.on_end = on_generation, on_end
         self.pending: collections.deque[Job] = collections.deque()
         self.running: list[Job] = []
         self._cond = threading.Condition()
@@ -204,6 +215,7 @@ class ModelWorker:
             if len(self.pending) >= self.limits.max_queue:
                 raise QueueFull(f"model {self.model.name!r} has {len(self.pending)} jobs waiting (the most this "
                                 "server queues); try again shortly")
+            job.on_end = self.on_end
             self.pending.append(job)
             job.position = len(self.pending) - 1
             job.emit("queued", {"position": job.position})
