@@ -117,3 +117,10 @@ def test_network_fingerprint_tracks_weights_and_shapes_are_checked():
     assert torch.allclose(extract_features(net, u8), extract_features(net, u8.float() / 127.5 - 1))
     with pytest.raises(ValueError, match="cannot take"):
         extract_features(net, torch.zeros(2, 1, 5, 5))
+
+
+def test_network_fingerprint_hashes_batch_norm_buffers_including_zero_dim_ones():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))  # num_batches_tracked is 0-dim
+    before = network_fingerprint(net)
+    net[1].num_batches_tracked += 1
+    assert network_fingerprint(net) != before

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ebru.data import ImageDataset, load_dataset
+from ebru.data import ImageDataset
 from ebru.eval.evaluate import resolve_feature_net
 from ebru.eval.features import expected_input_shape
 from ebru.eval.reconstruction import reconstruction_report
 from ebru.nets import Autoencoder, build_net
+from ebru.tasks.autoencoder import load_training_images
 from ebru.trust import LoadedModel
 from ebru.trust.manifest import CONFIG as MODEL_CONFIG
 
@@ -80,7 +81,7 @@ def evaluate_autoencoder(model_dir: str | os.PathLike | LoadedModel, *, data: st
     if bad:
         raise ValueError(f"unknown metric {bad[0]!r} for an autoencoder; valid: {', '.join(RECONSTRUCTION_METRICS)}")
     ae, config = load_autoencoder(model_dir, device, **load_options)
-    ds = data if isinstance(data, ImageDataset) else load_dataset(data)
+    ds = data if isinstance(data, ImageDataset) else load_training_images(data)  # Fashion scenes specs too
     images = ds.tensors()[0]
     if n is not None:
         images = images[:n]

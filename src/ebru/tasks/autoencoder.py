@@ -1,5 +1,9 @@
 """The autoencoder task: a KL autoencoder (:class:`ebru.nets.Autoencoder`) trained on images, and its package.
 
+The images come from the recipe's ``data``: Fashion-MNIST (1x28x28), an image folder, or the Fashion scenes
+(``"fashion-scenes:full64"``: 30,000 RGB 3x64x64 canvases, loaded through :func:`ebru.data.load_captioned`;
+only the pictures are used, never the captions; see :func:`load_training_images`).
+
 The loss of one image x (Rombach et al. 2022, appendix G; taming-transformers' ``LPIPSWithDiscriminator``)::
 
     L = mean |x - D(z)|  +  kl_weight * KL(q(z|x) || N(0, I)) / (C H W)  +  perceptual_weight * P(x, D(z))
@@ -17,7 +21,9 @@ average over positions, add the layers) with equal layer weights, on the ReLU ou
 stages before the global pool (28x28x32, 14x14x64, 7x7x128). Those layers hold edges, textures and part
 shapes, what L1 alone blurs; the pooled 256-d features are left out on purpose, because they are what
 rFID reads, so rFID stays a check the training did not optimise directly. The network takes 1x28x28
-images: with ``pad`` the padding is cropped off before it looks.
+images: with ``pad`` the padding is cropped off before it looks. For data of any other shape (the 3x64x64
+scenes) there is no perceptual network, and ``perceptual_weight > 0`` is refused in one line: such recipes
+set it to 0 and train on L1 + KL (+ the optional discriminator).
 
 **Preview decoder** (``model.preview_channels > 0``). ``T`` is the autoencoder's tiny TAESD-shaped decoder
 (:class:`ebru.nets.autoencoder.PreviewDecoder`; madebyollin/taesd), trained in the same optimiser step by
@@ -98,8 +104,9 @@ from torch import Tensor, nn
 
 import ebru
 from ebru.checks import finite_number, positive_int
-from ebru.data import ImageDataset, load_dataset
+from ebru.data import ImageDataset, load_captioned, load_dataset
 from ebru.data.grid import save_grid
+from ebru.data.scenes import is_scene_spec
 from ebru.nets import Autoencoder, AutoencoderConfig
 from ebru.nets.autoencoder import PatchDiscriminator, reverse_gradient
 from ebru.nets.config import DictConfig
@@ -274,13 +281,26 @@ def latent_scale(ae: Autoencoder, images: Tensor, batch: int = 256) -> tuple[flo
     return 1.0 / std, z
 
 
+def load_training_images(spec: str, image_size: int | None = None) -> ImageDataset:
+    """The images an autoencoder trains on, by data spec: a Fashion scenes spec (``"fashion-scenes:full64"``:
+    (N, 3, 64, 64) RGB canvases) through :func:`ebru.data.load_captioned`, whose captions are not used; any
+    other spec (Fashion-MNIST, an image folder) through :func:`ebru.data.load_dataset`. A folder's
+    skipped-file warnings are silenced here (the task prints its one-line report)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if is_scene_spec(spec):
+            return load_captioned(spec, image_size=image_size)
+        return load_dataset(spec, image_size=image_size)
+
+
 @TASKS.register("autoencoder")
 class AutoencoderTask:
     """A KL autoencoder on an image data set: L1 + perceptual + KL, plus the preview decoder's distillation and
     the late discriminator when configured (see the module docstring).
 
     Args:
-        cfg: the run's ``TrainConfig``; reads ``data``, ``image_size``, ``model`` (an
+        cfg: the run's ``TrainConfig``; reads ``data`` (any image data spec, or a Fashion scenes spec: see
+            :func:`load_training_images`), ``image_size``, ``model`` (an
             :class:`~ebru.nets.AutoencoderConfig` without ``image_size``/``in_channels``, taken from the data),
             ``hflip``, the ``[autoencoder]`` table, ``license`` and ``sign_key``.
         device: where the images live and the network trains.
@@ -296,9 +316,7 @@ class AutoencoderTask:
         self.device = device
         self.opts = AutoencoderTaskConfig.from_dict(cfg.autoencoder)
         if data is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                data = load_dataset(cfg.data, image_size=cfg.image_size)
+            data = load_training_images(cfg.data, cfg.image_size)
             if getattr(data, "skipped", None) and is_main:
                 print(f"data: {data.report}", flush=True)
         self.data = data
@@ -334,7 +352,7 @@ class AutoencoderTask:
         self.step = 0  # the optimiser step the next draw is for (set_progress)
         self.perceptual = None
         if self.opts.perceptual_weight > 0:
-            if (c, h) != (1, 28):
+            if (c, h, w) != (1, 28, 28):  # no perceptual network for other shapes (e.g. the 3x64x64 scenes) yet
                 raise ValueError(f"the perceptual loss uses ebru's Fashion-MNIST feature network (1x28x28 images); "
                                  f"the data is {c}x{h}x{w}: set autoencoder.perceptual_weight = 0")
             self.perceptual = FeaturePerceptual().to(device)
