@@ -66,3 +66,10 @@ def test_rfid_and_the_report():
         reconstruction_report(x, x, metrics=("lpips",))
     with pytest.raises(ValueError, match="one shape"):
         psnr(x, x[:, :, :8])
+
+
+def test_ssim_in_chunks_is_ssim_at_once():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(7, 3, 16, 16, generator=g) * 2 - 1
+    y = (x + 0.2 * torch.randn(7, 3, 16, 16, generator=g)).clamp(-1, 1)
+    torch.testing.assert_close(ssim(x, y, batch=3), ssim(x, y, batch=256))

@@ -52,16 +52,23 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
 
 
 def ssim(x: Tensor, y: Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> Tensor:
+         k1: float = 0.01, k2: float = 0.03, batch: int = 256) -> Tensor:
     """Mean structural similarity (N,) per image (Wang et al. 2004, eq. 13; see the module docstring).
 
-    ``x``, ``y``: (N, C, H, W) with H, W >= ``window``. Identical images give exactly 1. Raises ValueError
+    ``x``, ``y``: (N, C, H, W) with H, W >= ``window``, taken ``batch`` images at a time (the local statistics
+    of 10,000 RGB 64x64 images at once would need 28 GB). Identical images give exactly 1. Raises ValueError
     for mismatched shapes or images smaller than the window.
     """
     x, y = _pair(x, y)
-    _, c, h, w = x.shape
+    _, _, h, w = x.shape
     if h < window or w < window:
         raise ValueError(f"SSIM needs images of at least {window}x{window}, got {h}x{w}")
+    return torch.cat([_ssim(x[i:i + batch], y[i:i + batch], data_range, window, sigma, k1, k2)
+                      for i in range(0, len(x), batch)])
+
+
+def _ssim(x: Tensor, y: Tensor, data_range: float, window: int, sigma: float, k1: float, k2: float) -> Tensor:
+    c = x.shape[1]
     g = gaussian_window(window, sigma).to(x.device)
     kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
 
