@@ -85,7 +85,7 @@ def test_an_image_package_is_refused_where_an_autoencoder_is_expected(tmp_path):
            "num_res_blocks": 1, "attention_resolutions": [], "num_heads": 1}
     card = "---\nlicense: mit\n---\n"
     path = write_package(tmp_path / "m", {"kind": "image-diffusion", "net": net}, build_net(net).state_dict(), card)
-    with pytest.raises(ValueError, match=r"config.json: a image-diffusion package, not an ebru autoencoder"):
+    with pytest.raises(ValueError, match=r"config\.json: an image-diffusion package, not an ebru autoencoder"):
         load_autoencoder(path, quiet=True)
 
 

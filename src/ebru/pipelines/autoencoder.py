@@ -24,10 +24,10 @@ from ebru.data import ImageDataset
 from ebru.eval.evaluate import resolve_feature_net
 from ebru.eval.features import expected_input_shape
 from ebru.eval.reconstruction import reconstruction_report
-from ebru.nets import Autoencoder, build_net
+from ebru.nets import Autoencoder
 from ebru.tasks.autoencoder import load_training_images
+from ebru.tasks.latent import LatentSpace
 from ebru.trust import LoadedModel
-from ebru.trust.manifest import CONFIG as MODEL_CONFIG
 
 RECONSTRUCTION_METRICS = ("psnr", "ssim", "rfid")
 
@@ -38,16 +38,8 @@ def load_autoencoder(model_dir: str | os.PathLike | LoadedModel, device: str | t
 
     ``load_options`` go to ``ebru.load``. Raises ValueError, naming the file, for a package of another kind.
     """
-    from ebru.trust import load
-
-    model = model_dir if isinstance(model_dir, LoadedModel) else load(model_dir, **load_options)
-    config = model.config
-    if config.get("kind") != "autoencoder" or not isinstance(config.get("net"), dict):
-        kind = config.get("kind", "unknown")
-        raise ValueError(f"{model.path / MODEL_CONFIG}: a {kind} package, not an ebru autoencoder")
-    ae = build_net(config["net"])
-    ae.load_state_dict(model.weights)
-    return ae.to(device).eval(), config
+    space, model = LatentSpace.from_autoencoder_package(model_dir, device, **load_options)  # one check, one build
+    return space.autoencoder, model.config
 
 
 @torch.no_grad()

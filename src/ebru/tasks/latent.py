@@ -93,8 +93,10 @@ class LatentSpace:
         """
         rec = model.config.get("latent")
         where = model.path / MODEL_CONFIG
-        if not isinstance(rec, dict) or not isinstance(rec.get("autoencoder"), dict):
-            raise ValueError(f"{where}: 'latent' must be a record of the bundled autoencoder")
+        if (not isinstance(rec, dict) or not isinstance(rec.get("autoencoder"), dict)
+                or not isinstance(rec.get("scale_factor"), int | float) or not isinstance(rec.get("pad", 0), int)):
+            raise ValueError(f"{where}: 'latent' must be a record of the bundled autoencoder (autoencoder, "
+                             "scale_factor, pad, weights_sha256)")
         data = model.read(AUTOENCODER_WEIGHTS)
         want = rec.get("weights_sha256")
         if hashlib.sha256(data).hexdigest() != want:
