@@ -241,7 +241,37 @@ def test_posthoc_embed_then_detect_and_find_without_a_model(capsys, tmp_path):
     assert re.search(r"photo\.png: not detected", stdout)
     code, stdout, err = run(capsys, "provenance", "find", marked)  # found by its exact bytes
     assert code == 0 and "123456" in stdout, err
+    # like every file ebru writes, it carries a Trusted manifest: an edit of the photo, the mark its soft binding
+    verdict = verify_file(marked)
+    assert verdict.state == "Trusted", verdict.reasons
+    manifest = json.dumps(verdict.manifest)
+    assert "c2pa.watermarked" in manifest and "123456" in manifest and "trainedAlgorithmicMedia" not in manifest
     small = tmp_path / "small.png"
     Image.new("RGB", (100, 100)).save(small)
     code, _, err = run(capsys, "watermark", "embed", small, tmp_path / "x.png")
     assert code == 2 and re.search(r"at least 256x256", err) and not (tmp_path / "x.png").exists()
+
+
+def test_tree_ring_is_drawn_on_request_recorded_and_read_beside_gaussian_shading(capsys, model, tmp_path):
+    out, plain = tmp_path / "ring", tmp_path / "plain"
+    code, stdout, err = run(capsys, "sample", model, "-n", 2, "--out-dir", out, "--tree-ring", "--allow-unsigned")
+    assert code == 0, err
+    assert re.search(r"carries: Gaussian Shading watermark .* and a Tree-Ring key \(radius 4\)", stdout)
+    run(capsys, "sample", model, "-n", 2, "--out-dir", plain, "--allow-unsigned")
+    pipe = ImagePipeline.from_pretrained(model)
+    gs = pipe.initial_noise([0, 1], 2)
+    pipe.enable_tree_ring()
+    ring = pipe.initial_noise([0, 1], 2)
+    torch.testing.assert_close(ring, pipe.tree_ring.apply(gs))  # the ring written over the same seeds' marked noise
+    report = tmp_path / "r.json"
+    code, stdout, err = run(capsys, "watermark", "detect", *sorted(out.glob("*.png")), *sorted(plain.glob("*.png")),
+                            "--model", model, "--allow-unsigned", "--json", report)
+    assert code == 0, err
+    rows = json.loads(report.read_text(encoding="utf-8"))
+    assert [r["detected"] for r in rows] == [True] * 4  # Gaussian Shading survives the ring in all of them
+    assert [r["tree_ring"]["detected"] for r in rows] == [True, True, False, False]
+    assert stdout.count("Tree-Ring key DETECTED") == 2
+    manifest = verify_file(sorted(out.glob("*.png"))[0]).manifest
+    ring = manifest["generation"]["parameters"]["tree_ring"]
+    assert ring["radius"] == 4 and ring["channel"] == 0
+    assert ring["key_id"] == manifest["generation"]["watermark"]["key_id"]

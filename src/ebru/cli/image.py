@@ -154,6 +154,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompt needs a text-to-image model, and {args.model_dir} is {kind}: "
                          + ("use --class" if kind == "class-conditional" else "drop --prompt"))
     pipe = ImagePipeline.from_pretrained(model, device=args.device, watermark=not args.no_watermark)
+    if args.tree_ring:
+        pipe.enable_tree_ring()
     names = pipe.class_names or [str(i) for i in range(pipe.num_classes or 0)]
     labels = None
     if args.class_ is not None:
@@ -209,6 +211,8 @@ def print_provenance(pipe: Any) -> None:
     """One line on what the written files carry."""
     mark = (f"Gaussian Shading watermark (key {pipe.watermark.key_id})" if pipe.watermark is not None
             else "no watermark (--no-watermark)")
+    if getattr(pipe, "tree_ring", None) is not None:
+        mark += f" and a Tree-Ring key (radius {pipe.tree_ring.radius})"
     print(f"carries: {mark}, a signed C2PA manifest, a record in the audit log (ebru provenance verify FILE)")
 
 
@@ -223,6 +227,8 @@ def _sample_text(args: argparse.Namespace, model: Any) -> int:
         raise ValueError(f"{args.model_dir} is a text-to-image model: give --prompt \"...\" (repeat it for several "
                          "prompts; --prompt \"\" draws unconditional samples)")
     pipe = TextToImagePipeline.from_pretrained(model, device=args.device, watermark=not args.no_watermark)
+    if args.tree_ring:
+        pipe.enable_tree_ring()
     note_guidance(args.guidance)
     print(f"model:  {model.path} ({describe_origin(model)}; text encoder {pipe.encoder.name})")
     negative = args.negative_prompt
@@ -401,6 +407,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     prov.add_argument("--no-watermark", action="store_true",
                       help="draw from unmarked noise (an explicit exception: the files' manifests and audit "
                            "records say so)")
+    prov.add_argument("--tree-ring", action="store_true",
+                      help="also write Tree-Ring's zero-bit key into the noise's low frequencies (Wen et al. "
+                           "2023; off by default: it makes the noise slightly non-Gaussian); 'ebru watermark "
+                           "detect' reads it")
     prov.add_argument("--prompt-policy", choices=("hash", "full", "omit"), default="hash",
                       help="what the manifest and record keep of each prompt: its SHA-256 (default), the text, or "
                            "nothing")

@@ -21,6 +21,7 @@ from ebru.diffusion.consistency import ConsistencyDenoiser
 from ebru.diffusion.defaults import SAMPLING
 from ebru.diffusion.distill import GridSchedule, GuidanceInput
 from ebru.diffusion.latent import LatentDenoiser
+from ebru.diffusion.tensors import randn_like, seed_generators
 from ebru.nets import build_net
 from ebru.tasks.latent import LatentSpace
 from ebru.trust.manifest import CONFIG as MODEL_CONFIG
@@ -121,6 +122,8 @@ class ImagePipeline:
             :meth:`from_pretrained`, else None.
         watermark: the :class:`~ebru.provenance.GaussianShading` scheme whose noise every sample starts
             from, or None (no watermark). See :func:`ebru.pipelines.outputs.resolve_watermark`.
+        tree_ring: the optional second, zero-bit mark (:class:`~ebru.provenance.treering.TreeRing`) written into
+            that noise's low frequencies, or None (the default); see :meth:`enable_tree_ring`.
         latent: the :class:`~ebru.diffusion.latent.LatentDenoiser` of a latent diffusion model (sampling runs
             in its latent space and decodes once), else None.
         noise_shape: (C, H, W) of one sample's noise (and watermark): the latents' or the image's.
@@ -136,6 +139,7 @@ class ImagePipeline:
         self.num_classes: int | None = config.get("num_classes")
         self.model = model
         self.watermark = watermark
+        self.tree_ring: Any = None
         self.latent = denoiser if isinstance(denoiser, LatentDenoiser) else None
         self.noise_shape = noise_shape(config)
 
@@ -171,14 +175,39 @@ class ImagePipeline:
 
     def initial_noise(self, seeds: Sequence[int] | int, n: int,
                       watermark_ids: Sequence[int] | None = None) -> Tensor | None:
-        """The watermarked unit-variance initial noise (n, C, H, W) for ``seeds``, or None without a watermark."""
-        if self.watermark is None:
-            if watermark_ids is not None:
-                raise ValueError("watermark ids were given, but this pipeline has no watermark")
+        """The watermarked unit-variance initial noise (n, C, H, W) for ``seeds``, or None without a watermark.
+
+        Gaussian Shading's noise when :attr:`watermark` is set (else the seeds' plain draws), with the Tree-Ring
+        key written over it when :attr:`tree_ring` is set; None when neither is (the sampler draws itself).
+        """
+        if self.watermark is None and watermark_ids is not None:
+            raise ValueError("watermark ids were given, but this pipeline has no watermark")
+        if self.watermark is None and self.tree_ring is None:
             return None
         seeds = seed_list(seeds, n)
-        ids = self.watermark_ids(seeds) if watermark_ids is None else list(watermark_ids)
-        return self.watermark.noise(seeds, ids, device=self.device)
+        if self.watermark is None:
+            noise = randn_like(torch.empty((len(seeds), *self.noise_shape)), seed_generators(seeds))
+        else:
+            ids = self.watermark_ids(seeds) if watermark_ids is None else list(watermark_ids)
+            noise = self.watermark.noise(seeds, ids)
+        if self.tree_ring is not None:
+            noise = self.tree_ring.apply(noise)
+        return noise.to(self.device)
+
+    def enable_tree_ring(self, key: Any = None, *, radius: int | None = None) -> None:
+        """Also mark every sample with Tree-Ring (Wen et al. 2023), the optional zero-bit second signal.
+
+        ``key``: a :class:`~ebru.provenance.WatermarkKey`, its secret or a ``.wmkey`` path; default the default
+        watermark key (the one Gaussian Shading uses). ``radius``: the key's disc in frequency bins (default
+        :class:`~ebru.provenance.treering.TreeRing`'s). The mark makes the initial noise slightly non-Gaussian
+        in its low frequencies, which is why it is off by default. Raises ValueError for a noise shape Tree-Ring
+        cannot mark (not (C, H, W), or smaller than 8x8) or a bad key.
+        """
+        from ebru.provenance.treering import TreeRing
+
+        from .outputs import generation_key
+
+        self.tree_ring = TreeRing(generation_key(key), self.noise_shape, radius=radius)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu", *,

@@ -73,7 +73,7 @@ def resolve_watermark(watermark: Any, shape: Sequence[int]) -> Any:
     ``GaussianShading`` (its shape must be ``shape``). Raises ValueError (one line) for a bad key file
     or a scheme of another shape.
     """
-    from ebru.provenance import GaussianShading, WatermarkKey, default_watermark_key, load_watermark_key
+    from ebru.provenance import GaussianShading, WatermarkKey
 
     if watermark is None or watermark is False:
         return None
@@ -81,15 +81,24 @@ def resolve_watermark(watermark: Any, shape: Sequence[int]) -> Any:
         if tuple(watermark.shape) != tuple(shape):
             raise ValueError(f"the watermark scheme is for samples of shape {watermark.shape}, not {tuple(shape)}")
         return watermark
-    if watermark is True:
-        key = default_watermark_key(create=True)
-    elif isinstance(watermark, WatermarkKey | bytes):
-        key = watermark
-    elif isinstance(watermark, str | os.PathLike):
-        key = load_watermark_key(watermark)
-    else:
+    if watermark is not True and not isinstance(watermark, WatermarkKey | bytes | str | os.PathLike):
         raise ValueError(f"watermark must be True, False, a WatermarkKey or a .wmkey path, got {watermark!r}")
-    return GaussianShading(key, shape)
+    return GaussianShading(generation_key(None if watermark is True else watermark), shape)
+
+
+def generation_key(key: Any = None) -> Any:
+    """The watermark key generation marks with: ``key`` (a WatermarkKey, its 32-byte secret or a ``.wmkey`` path),
+    or None for the default key (``$EBRU_WATERMARK_KEY``, else created on first use with a note). Raises
+    ValueError (one line) for a bad key file."""
+    from ebru.provenance import WatermarkKey, default_watermark_key, load_watermark_key
+
+    if key is None:
+        return default_watermark_key(create=True)
+    if isinstance(key, str | os.PathLike):
+        return load_watermark_key(key)
+    if isinstance(key, WatermarkKey | bytes):
+        return key
+    raise ValueError(f"a watermark key must be a WatermarkKey, its secret or a .wmkey path, got {key!r}")
 
 
 def _license(pipe: Any) -> Any:
@@ -106,6 +115,9 @@ def _common(pipe: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
         params.setdefault("model", str(pipe.model.path))
     if pipe.watermark is None:
         params["watermark"] = "off"
+    tree_ring = getattr(pipe, "tree_ring", None)
+    if tree_ring is not None:
+        params["tree_ring"] = {"radius": tree_ring.radius, "channel": tree_ring.channel, "key_id": tree_ring.key_id}
     return params
 
 

@@ -27,12 +27,12 @@ from ebru.provenance import (
     DEFAULT_FPR,
     GaussianShading,
     default_watermark_key,
-    detect_watermark,
     fit_to_shape,
     load_watermark_key,
 )
 from ebru.provenance.errors import ProvenanceError
 from ebru.provenance.images import image_array
+from ebru.provenance.watermark import invert_to_noise
 
 from .image import ImagePipeline
 from .text2image import TextToImagePipeline
@@ -104,7 +104,9 @@ def detect_files(paths: Sequence[str | os.PathLike], model: Any, *, key: Any = N
 
         candidates = known_ids() or None
     pipe = load_detector(model, device)
-    scheme = GaussianShading(watermark_key(key), pipe.noise_shape)  # a latent model's mark is in its latent noise
+    wkey = watermark_key(key)
+    scheme = GaussianShading(wkey, pipe.noise_shape)  # a latent model's mark is in its latent noise
+    tree = tree_ring_for(wkey, pipe.noise_shape)
     sigma_start = finite_number("sigma_start", sigma_start, positive=True)
     channels, height, width = pipe.image_shape
     rows: list[dict[str, Any]] = []
@@ -129,13 +131,26 @@ def detect_files(paths: Sequence[str | os.PathLike], model: Any, *, key: Any = N
             denoiser = pipe.denoiser
             if pipe.latent is not None:  # invert the latents: encoded once, then the latent model's ODE backwards
                 x, denoiser = pipe.latent.encode(x), pipe.latent.denoiser
-            results = detect_watermark(denoiser, x, scheme, sampler=sampler, steps=steps,
-                                       schedule=s.get("schedule", SAMPLING.schedule), sigma_min=sigma_start,
-                                       sigma_max=s["sigma_max"], fpr=fpr, candidates=candidates,
-                                       **null_condition(pipe, len(chunk)))
-        for (i, _), r in zip(chunk, results, strict=True):
+            z = invert_to_noise(denoiser, x, scheme.shape, sampler=sampler, steps=steps,
+                                schedule=s.get("schedule", SAMPLING.schedule), sigma_min=sigma_start,
+                                sigma_max=s["sigma_max"], **null_condition(pipe, len(chunk)))
+        results = scheme.decode(z, fpr=fpr, candidates=candidates)
+        rings = tree.detect(z, fpr=fpr) if tree is not None else [None] * len(chunk)
+        for (i, _), r, ring in zip(chunk, results, rings, strict=True):
             rows[i].update(r.to_dict())
+            rows[i]["tree_ring"] = None if ring is None else ring.to_dict()
     return rows
+
+
+def tree_ring_for(key: Any, shape: Sequence[int]) -> Any:
+    """The :class:`~ebru.provenance.treering.TreeRing` detector for ``key`` and noise ``shape``, or None where
+    Tree-Ring cannot mark that shape (not (C, H, W), or under 8x8): Tree-Ring is read beside Gaussian Shading
+    on the same inverted noise, so that images drawn with ``--tree-ring`` are recognised by it too."""
+    from ebru.provenance.treering import TreeRing
+
+    if len(shape) != 3 or min(shape[1:]) < 8:
+        return None
+    return TreeRing(key, shape)
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -148,8 +163,10 @@ def describe(row: dict[str, Any]) -> str:
         return f"{name}: {verdict} (p = 10^{row['log10_p_value']:.1f}, id {row['watermark_id']}, post-hoc mark)"
     resized = f", resized from {row['resized_from'][0]}x{row['resized_from'][1]}" if "resized_from" in row else ""
     over = f"of {row['hypotheses']} known ids" if row["hypotheses"] < 1 << row["id_bits"] else "blind"
+    ring = row.get("tree_ring")
+    ring = (f"; Tree-Ring key DETECTED (p = 10^{ring['log10_p_value']:.1f})" if ring and ring["detected"] else "")
     return (f"{name}: {verdict} (p = 10^{row['log10_p_value']:.1f}, score {row['score']:.1f}, chip accuracy "
-            f"{row['chip_accuracy']:.3f}, id {row['watermark_id']} {over}{resized})")
+            f"{row['chip_accuracy']:.3f}, id {row['watermark_id']} {over}{resized}){ring}")
 
 
 # ------------------------------------------------------------------ the post-hoc mark, for images ebru did not make
@@ -161,16 +178,18 @@ def embed_file(src: str | os.PathLike, dst: str | os.PathLike, *, key: Any = Non
     """Mark the image at ``src`` (>= 256x256) with :class:`~ebru.provenance.PosthocMark` and write it to ``dst``.
 
     ``watermark_id``: default a fresh random id. ``dst`` is PNG or JPEG (by extension), written whole or not at
-    all; the marking is recorded in the audit log and the local store (id, key id, both files' SHA-256) so
-    that ``ebru provenance find --id`` finds it. Returns ``{"file", "watermark_id", "key_id", "psnr_db",
-    "sha256"}``. Raises ValueError (one line) for an unreadable or too small image, another extension, or a
-    missing key (the default key is created on first use, as for generation).
+    all, with a signed C2PA manifest like every file ebru writes (an *edit* of the source: the source is its
+    parent ingredient, the action ``c2pa.watermarked``, the mark's id the soft binding); the marking is
+    recorded in the audit log and the local store (id, key id, both files' SHA-256) so that
+    ``ebru provenance find --id`` finds it. Returns ``{"file", "watermark_id", "key_id", "psnr_db",
+    "sha256", "manifest"}`` (the manifest's label). Raises ValueError (one line) for an unreadable or too small
+    image, another extension, or a missing key (the default key is created on first use, as for generation);
+    :class:`~ebru.provenance.ProvenanceError` when the manifest cannot be signed (nothing is written then).
     """
     import hashlib
     import io
 
-    from ebru.data.atomic import atomic_open
-    from ebru.provenance import PosthocMark, new_watermark_id, psnr, record_generation
+    from ebru.provenance import PosthocMark, new_watermark_id, psnr, sign_image
     from ebru.provenance.images import open_image
 
     fmt = POSTHOC_FORMATS.get(Path(dst).suffix.lower())
@@ -185,19 +204,18 @@ def embed_file(src: str | os.PathLike, dst: str | os.PathLike, *, key: Any = Non
     from PIL import Image
 
     Image.fromarray(marked).save(buf, format=fmt, **({"quality": jpeg_quality} if fmt == "JPEG" else {}))
-    data = buf.getvalue()
-    sha = hashlib.sha256(data).hexdigest()
+    original = Path(src).read_bytes()
     params = {"kind": "posthoc-watermark", "source": str(Path(src).absolute()),
-              "source_sha256": hashlib.sha256(Path(src).read_bytes()).hexdigest(), "format": fmt}
-    record_generation(dst, sha, wid, wkey.key_id, "none: a post-hoc mark on an existing image", None, params, None,
-                      watermark_alg=POSTHOC_ALG)
-    with atomic_open(dst, "wb") as f:
-        f.write(data)
+              "source_sha256": hashlib.sha256(original).hexdigest(), "format": fmt}
+    signed = sign_image(buf.getvalue(), dst, model_digest=POSTHOC_MODEL, license=None, parameters=params,
+                        watermark_id=wid, watermark_key_id=wkey.key_id, watermark_alg=POSTHOC_ALG, record=True,
+                        intent="edit", parent=original)
     return {"file": str(dst), "watermark_id": wid, "key_id": wkey.key_id, "psnr_db": psnr(source, marked),
-            "sha256": sha}
+            "sha256": signed.sha256, "manifest": signed.label}
 
 
 POSTHOC_ALG = "org.ebru.posthoc-tile.1"
+POSTHOC_MODEL = "none: a post-hoc mark on an existing image"  # the record's and manifest's model digest field
 
 
 def detect_posthoc_files(paths: Sequence[str | os.PathLike], *, key: Any = None,

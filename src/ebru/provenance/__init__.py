@@ -2,6 +2,7 @@
 
 - :mod:`ebru.provenance.watermark` — Gaussian Shading, the keyed multi-bit watermark in the initial
   noise, and its detector (probability-flow ODE inversion, then decoding with a binomial p-value).
+- :mod:`ebru.provenance.treering` — Tree-Ring, the optional zero-bit second mark in the noise's low frequencies.
 - :mod:`ebru.provenance.wmkeys` — watermark keys (``NAME.wmkey``, a 32-byte secret; the default key).
 - :mod:`ebru.provenance.ca` — the local C2PA certificate authority (root + signer; ``ebru ca init``).
 - :mod:`ebru.provenance.c2pa` — signed C2PA manifests on every PNG/JPEG written, and their verification.
@@ -42,6 +43,8 @@ _EXPORTS = {
     "ProvenanceError": "errors",
     "SUPPORTING_SIGNAL": "detector",
     "SignedImage": "c2pa",
+    "TreeRing": "treering",
+    "TreeRingResult": "treering",
     "SigningIdentity": "ca",
     "Verdict": "c2pa",
     "WATERMARK_ALG": "c2pa",
@@ -62,6 +65,7 @@ _EXPORTS = {
     "fit_to_shape": "watermark",
     "generate_watermark_key": "wmkeys",
     "init_ca": "ca",
+    "invert_to_noise": "watermark",
     "known_ids": "record",
     "load_identity": "ca",
     "load_watermark_key": "wmkeys",

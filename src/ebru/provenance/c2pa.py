@@ -185,15 +185,29 @@ def _parse_store(store: Any) -> tuple[str, dict[str, Any], str | None, dict[str,
 
 
 def _signed_bytes(data: bytes, fmt: str, definition: Mapping[str, Any], identity: SigningIdentity,
-                  where: str | os.PathLike) -> tuple[bytes, str, dict[str, Any]]:
-    """Sign ``data`` in memory; read the result back and insist it validates (Trusted when the root is known)."""
+                  where: str | os.PathLike, intent: str = "create",
+                  parent: bytes | None = None) -> tuple[bytes, str, dict[str, Any]]:
+    """Sign ``data`` in memory; read the result back and insist it validates (Trusted when the root is known).
+
+    ``intent``: ``"create"`` (a generated image: ``c2pa.created``, digital source type
+    ``trainedAlgorithmicMedia``) or ``"edit"`` (an existing image ebru changed, e.g. marked: the SDK adds
+    the source as the parent ingredient, keeping any manifest it already had, and ``c2pa.opened``).
+    ``parent``: with ``"edit"``, the original file's bytes (PNG or JPEG) to name as the parent ingredient
+    instead of ``data`` itself (its own manifest, if any, is kept in the new one's ingredients)."""
     mime = MIME_TYPES[fmt]
     info = _c2pa.C2paSignerInfo(alg=_c2pa.C2paSigningAlg.ES256, sign_cert=identity.chain_pem,
                                 private_key=identity.key_pem, ta_url=None)
     out = io.BytesIO()
     try:
         with _c2pa.Signer.from_info(info) as signer, _c2pa.Builder(dict(definition), _context()) as b:
-            b.set_intent(_c2pa.C2paBuilderIntent.CREATE, _c2pa.C2paDigitalSourceType.TRAINED_ALGORITHMIC_MEDIA)
+            if intent == "edit":
+                b.set_intent(_c2pa.C2paBuilderIntent.EDIT)
+                parent_fmt = sniff_format(parent) if parent is not None else None
+                if parent_fmt is not None:
+                    b.add_ingredient({"title": Path(where).name, "relationship": "parentOf"},
+                                     MIME_TYPES[parent_fmt], io.BytesIO(parent))
+            else:
+                b.set_intent(_c2pa.C2paBuilderIntent.CREATE, _c2pa.C2paDigitalSourceType.TRAINED_ALGORITHMIC_MEDIA)
             if definition["assertions"][0]["data"].get("watermark") is not None:
                 b.add_action({"action": "c2pa.watermarked",
                               "parameters": {"alg": definition["assertions"][0]["data"]["watermark"]["alg"]}})
@@ -237,7 +251,8 @@ def _sign_and_publish(data: bytes, fmt: str, dst: str | os.PathLike, *, model_di
                       parameters: Mapping[str, Any], prompt: str | None, negative_prompt: str | None,
                       prompt_policy: str, watermark_id: int | None, watermark_key_id: str | None,
                       watermark_alg: str, identity: SigningIdentity | None, record: bool,
-                      store: str | os.PathLike | None, audit_log: str | os.PathLike | None) -> SignedImage:
+                      store: str | os.PathLike | None, audit_log: str | os.PathLike | None,
+                      intent: str = "create", parent: bytes | None = None) -> SignedImage:
     params = apply_prompt_policy(parameters, prompt, prompt_policy, negative_prompt)
     assertion = generation_assertion(model_digest=model_digest, license=license, parameters=params,
                                      watermark_id=watermark_id, watermark_key_id=watermark_key_id,
@@ -246,7 +261,8 @@ def _sign_and_publish(data: bytes, fmt: str, dst: str | os.PathLike, *, model_di
     dst = Path(dst)
     rec = None
     with Staged("generation" if record else "c2pa-sign", dst) as op:
-        signed, label, manifest = _signed_bytes(data, fmt, manifest_definition(assertion), identity, dst)
+        signed, label, manifest = _signed_bytes(data, fmt, manifest_definition(assertion), identity, dst, intent,
+                                                parent)
         sha = hashlib.sha256(signed).hexdigest()
         tmp = op.stage_file(dst, signed, 0o644)  # fsynced, beside dst
         if record:  # before the rename: a generation that cannot be recorded leaves no file
@@ -262,7 +278,8 @@ def sign_image(src: bytes | str | os.PathLike, dst: str | os.PathLike, *, mime: 
                negative_prompt: str | None = None, prompt_policy: str = "hash", watermark_id: int | None = None,
                watermark_key_id: str | None = None, watermark_alg: str = WATERMARK_ALG,
                identity: SigningIdentity | None = None, record: bool = False,
-               store: str | os.PathLike | None = None, audit_log: str | os.PathLike | None = None) -> SignedImage:
+               store: str | os.PathLike | None = None, audit_log: str | os.PathLike | None = None,
+               intent: str = "create", parent: bytes | None = None) -> SignedImage:
     """Write ``src`` (PNG or JPEG bytes, or a path) to ``dst`` with a signed C2PA manifest (module docstring).
 
     ``mime``: ``"image/png"`` or ``"image/jpeg"``; checked against the bytes when given. ``model_digest``:
@@ -273,6 +290,10 @@ def sign_image(src: bytes | str | os.PathLike, dst: str | os.PathLike, *, mime: 
     binding). ``identity``: the signer (default :func:`ebru.provenance.ca.default_signer`, made on first use).
     ``record``: also record the generation (:func:`ebru.provenance.record.record_generation`, DSSE-signed by
     the same signer) in the audit log and the store (``store``/``audit_log`` override their defaults).
+    ``intent``: ``"create"`` (default: ebru generated the image) or ``"edit"`` (ebru changed an existing image,
+    e.g. ``ebru watermark embed``: the source becomes the manifest's parent ingredient, no
+    ``trainedAlgorithmicMedia`` claim); ``parent``: with ``"edit"``, the original file's bytes, named as the
+    parent ingredient when they are PNG or JPEG (else the SDK names ``src`` itself).
 
     Atomic: the signed bytes go to a temporary file beside ``dst`` and are renamed onto it once complete
     (and recorded), so ``dst`` never exists without its manifest; on any failure nothing is left there,
@@ -284,11 +305,12 @@ def sign_image(src: bytes | str | os.PathLike, dst: str | os.PathLike, *, mime: 
     """
     data, where = _image_bytes(src)
     fmt = _check_mime(data, mime, where)
+    one_of("intent", intent, ("create", "edit"))
     return _sign_and_publish(data, fmt, dst, model_digest=model_digest, license=license, parameters=parameters,
                              prompt=prompt, negative_prompt=negative_prompt, prompt_policy=prompt_policy,
                              watermark_id=watermark_id, watermark_key_id=watermark_key_id,
                              watermark_alg=watermark_alg, identity=identity, record=record, store=store,
-                             audit_log=audit_log)
+                             audit_log=audit_log, intent=intent, parent=parent)
 
 
 def _png_bytes(image: Any) -> bytes:

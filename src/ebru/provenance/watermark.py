@@ -82,7 +82,7 @@ from .wmkeys import SECRET_BYTES, WatermarkKey
 
 __all__ = [
     "DEFAULT_FPR", "DEFAULT_ID_BITS", "Decoded", "GaussianShading", "binomial_sf", "detect_watermark",
-    "fit_to_shape", "log_binomial_sf", "new_watermark_id", "payload_accuracy",
+    "fit_to_shape", "invert_to_noise", "key_and_shape", "log_binomial_sf", "new_watermark_id", "payload_accuracy",
 ]
 
 DEFAULT_ID_BITS = 32
@@ -188,6 +188,24 @@ def _keystream(secret: bytes, purpose: bytes, shape: tuple[int, ...], nbytes: in
     return enc.update(b"\0" * nbytes)
 
 
+def key_and_shape(key: WatermarkKey | bytes, shape: Sequence[int]) -> tuple[WatermarkKey, tuple[int, ...]]:
+    """A noise mark's key (a :class:`WatermarkKey` or its 32-byte secret) and per-sample noise shape, checked.
+
+    Raises ValueError for another key type or a shape that is not a non-empty sequence of positive integers.
+    """
+    if isinstance(key, bytes | bytearray):
+        key = WatermarkKey.from_secret(bytes(key))
+    if not isinstance(key, WatermarkKey):
+        raise ValueError(f"key must be a WatermarkKey or its {SECRET_BYTES}-byte secret, got {type(key).__name__}")
+    try:
+        shape = tuple(positive_int("shape entry", s) for s in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a sequence of positive integers, got {shape!r}") from None
+    if not shape:
+        raise ValueError("shape must have at least one dimension")
+    return key, shape
+
+
 def _ids_to_bits(ids: Sequence[int], id_bits: int) -> Tensor:
     """(N, id_bits) bool, bit i = (id >> i) & 1."""
     t = torch.tensor(list(ids), dtype=torch.int64)
@@ -213,16 +231,7 @@ class GaussianShading:
     """
 
     def __init__(self, key: WatermarkKey | bytes, shape: Sequence[int], *, id_bits: int = DEFAULT_ID_BITS):
-        if isinstance(key, bytes | bytearray):
-            key = WatermarkKey.from_secret(bytes(key))
-        if not isinstance(key, WatermarkKey):
-            raise ValueError(f"key must be a WatermarkKey or its {SECRET_BYTES}-byte secret, got {type(key).__name__}")
-        try:
-            shape = tuple(positive_int("shape entry", s) for s in shape)
-        except TypeError:
-            raise ValueError(f"shape must be a sequence of positive integers, got {shape!r}") from None
-        if not shape:
-            raise ValueError("shape must have at least one dimension")
+        key, shape = key_and_shape(key, shape)
         self.shape = shape
         self.chips = math.prod(shape)
         self.id_bits = positive_int("id_bits", id_bits)
@@ -441,11 +450,24 @@ def detect_watermark(denoiser, images: Tensor, scheme: GaussianShading, *, sampl
     """
     if not isinstance(scheme, GaussianShading):
         raise ValueError(f"scheme must be a GaussianShading, got {type(scheme).__name__}")
+    fpr = finite_number("fpr", fpr, positive=True, maximum=1.0)
+    z = invert_to_noise(denoiser, images, scheme.shape, sampler=sampler, steps=steps, schedule=schedule,
+                        sigma_min=sigma_min, sigma_max=sigma_max, schedule_opts=schedule_opts, **cond)
+    return scheme.decode(z, fpr=fpr, candidates=candidates)
+
+
+def invert_to_noise(denoiser, images: Tensor, shape: Sequence[int], *, sampler: str = "ddim",
+                    steps: int = SAMPLING.steps, schedule: str | Callable[..., Tensor] = SAMPLING.schedule,
+                    sigma_min: float | None = None, sigma_max: float | None = None,
+                    schedule_opts: Mapping[str, Any] | None = None, **cond: Any) -> Tensor:
+    """The unit-variance noise estimate (B, *shape) of images (B, C, H, W): resized to ``shape``
+    (:func:`fit_to_shape`), then run backwards through ``denoiser``'s probability-flow ODE
+    (:func:`ebru.diffusion.invert`). What both of ebru's noise marks read: Gaussian Shading
+    (:meth:`GaussianShading.decode`) and Tree-Ring (:meth:`ebru.provenance.treering.TreeRing.detect`).
+    Raises ValueError for images of another channel count or bad inversion settings."""
     if not isinstance(images, Tensor):
         raise ValueError(f"images must be a (B, C, H, W) tensor, got {type(images).__name__}")
-    fpr = finite_number("fpr", fpr, positive=True, maximum=1.0)
-    x = fit_to_shape(images, scheme.shape)
+    x = fit_to_shape(images, shape)
     inv = functools.partial(invert, sampler=sampler, steps=steps, schedule=schedule, sigma_min=sigma_min,
                             sigma_max=sigma_max, schedule_opts=schedule_opts)
-    z = inv(denoiser, x, **cond)
-    return scheme.decode(z, fpr=fpr, candidates=candidates)
+    return inv(denoiser, x, **cond)
