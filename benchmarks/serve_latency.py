@@ -1,6 +1,7 @@
 """``ebru serve`` on this CPU: latency against steps, throughput against batch size, cancel, and a loopback load test.
 
-What it measures (a real uvicorn server on 127.0.0.1, in this process, with one class-conditional model):
+What it measures (a real ``ebru serve`` process on 127.0.0.1 with one class-conditional model, as it is deployed;
+the clients and the in-process baseline run in this process, each while the other side is idle):
 
 - **latency of one image** at 4, 20 and 50 ``dpmpp_2m`` steps with guidance, end to end over HTTP (submit, the
   server-sent events to ``done``, the PNG) against the same work called in-process (the pipeline, then
@@ -10,7 +11,13 @@ What it measures (a real uvicorn server on 127.0.0.1, in this process, with one 
 - **throughput against batch size**: images/s for jobs of n = 1, 2, 4, 8, 16 images at 20 steps;
 - **load**: a fixed number of blocking requests (OpenAI's images endpoint) from 1, 4 and 16 concurrent asyncio
   clients against a queue of ``--queue`` jobs: p50/p95 latency, throughput, 5xx (must be none), 429s (each with
-  ``Retry-After``; the client waits and retries), and the process's resident memory before and after.
+  ``Retry-After``; the client waits and retries), and the server process's resident memory before and after.
+
+Why a separate process: that is how the server runs, and it keeps the benchmark's own threads (clients, baseline)
+out of the server's. The first version of this script ran the server in a thread of this process; there the
+baseline, run on the main thread after the server's worker had started, was slowed as much as the server (both
+about 0.4 s at 20 steps, 1.21x), which hid that the server's worker thread sampled 2.3x slower than a lone main
+thread would (see ``ebru/cli/serve.py``: OpenMP threads and libgomp's spin-waiting).
 
 The model: ``--model DIR`` (e.g. ``ebru-class/model`` from ``ebru train quickstart --out ebru-class``), else a
 stand-in with the quickstart's network (28x28, 10 classes) and random weights: the same cost per step.
@@ -24,7 +31,10 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,8 +62,9 @@ def stand_in_model(folder: Path) -> Path:
     return write_package(folder / "model", config, weights, card, {"created_by": "benchmarks/serve_latency.py"})
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process (this one by default), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -64,21 +75,28 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def start_server(app):
-    import socket
-    import threading
+def start_server(model_dir: Path, out_dir: Path, queue: int) -> tuple[subprocess.Popen, str]:
+    """``ebru serve MODEL`` as its own process on a free loopback port; returns it and its URL once healthy."""
+    import httpx
 
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ebru", "serve", str(model_dir), "--port", str(port),
+                             "--out", str(out_dir), "--limit", f"max_queue={queue}", "--allow-unsigned"])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"ebru serve exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("ebru serve was not ready within 300 s")
 
 
 def run_job(client, body: dict) -> dict:
@@ -101,11 +119,10 @@ def run_job(client, body: dict) -> dict:
             - marks.get("started", float("nan")), "final": final, "job": job}
 
 
-def in_process(served, body: dict, out: Path) -> float:
+def in_process(pipe, body: dict, out: Path) -> float:
     from ebru.pipelines.outputs import write_images
 
     t0 = time.perf_counter()
-    pipe = served.pipe
     seeds = list(range(body["seed"], body["seed"] + body["n"]))
     images = pipe(body["n"], class_labels=[0] * body["n"], num_inference_steps=body["steps"], sampler="dpmpp_2m",
                   guidance_scale=body["guidance_scale"], seeds=seeds)
@@ -163,16 +180,15 @@ def main() -> None:
         os.environ[var] = str(tmp / sub)
     os.environ["EBRU_AUDIT_LOG"] = str(tmp / "audit.jsonl")
     model_dir = Path(args.model) if args.model else stand_in_model(tmp)
-    from ebru.serve import ServeLimits, create_app
+    from ebru.serve.models import ServedModel
 
-    app = create_app([model_dir], out_dir=tmp / "out", limits=ServeLimits(max_queue=args.queue),
-                     load_options={"allow_unsigned": True})
-    server, thread, url = start_server(app)
-    served = next(iter(app.state.server.models.values()))
+    proc, url = start_server(model_dir, tmp / "out", args.queue)
+    pipe = ServedModel.load(model_dir, "baseline", allow_unsigned=True).pipe  # the same model, in this process
     client = httpx.Client(base_url=url, timeout=600)
-    body = {"model": served.name, "class": 0, "n": 1, "sampler": "dpmpp_2m", "guidance_scale": 2.0, "seed": 0}
+    name = client.get("/v1/models").json()["models"][0]["name"]
+    body = {"model": name, "class": 0, "n": 1, "sampler": "dpmpp_2m", "guidance_scale": 2.0, "seed": 0}
     run_job(client, {**body, "steps": 2})  # warm-up: first signing, first request
-    in_process(served, {**body, "steps": 2}, tmp / "warm")
+    in_process(pipe, {**body, "steps": 2}, tmp / "warm")
 
     latency = {}
     for steps in (4, 20, 50):
@@ -181,7 +197,7 @@ def main() -> None:
             r = run_job(client, {**body, "steps": steps, "seed": k})
             http.append(r["total"])
             first.append(r["first_progress"])
-            local.append(in_process(served, {**body, "steps": steps, "seed": k}, tmp / f"local-{steps}"))
+            local.append(in_process(pipe, {**body, "steps": steps, "seed": k}, tmp / f"local-{steps}"))
         latency[steps] = {"http_p50_s": statistics.median(http), "in_process_p50_s": statistics.median(local),
                           "ratio": statistics.median(http) / statistics.median(local),
                           "first_progress_ms_max": 1000 * max(first)}
@@ -214,18 +230,18 @@ def main() -> None:
         batch[n] = {"p50_s": statistics.median(times), "images_per_s": n / statistics.median(times)}
         print(f"batch {n:>2}: {batch[n]['images_per_s']:.2f} images/s", flush=True)
 
-    load, rss = [], {"before_mib": rss_mib()}
+    load, rss = [], {"before_mib": rss_mib(proc.pid)}
     for conc in (1, 4, 16):
         phase = asyncio.run(load_phase(url, conc, args.requests))
-        phase["rss_mib"] = rss_mib()
+        phase["rss_mib"] = rss_mib(proc.pid)
         load.append(phase)
         print(f"load x{conc:>2}: p50 {phase['p50_s']:.3f} s, p95 {phase['p95_s']:.3f} s, "
               f"{phase['throughput_img_s']:.2f} img/s, 5xx {phase['status_5xx']}, 429 {phase['status_429']}, "
               f"RSS {phase['rss_mib']:.0f} MiB", flush=True)
-    rss["after_mib"] = rss_mib()
+    rss["after_mib"] = rss_mib(proc.pid)
     client.close()
-    server.should_exit = True
-    thread.join(30)
+    proc.terminate()
+    proc.wait(30)
 
     summary = {
         "latency_ratio_http_over_in_process_20_steps": latency[20]["ratio"],

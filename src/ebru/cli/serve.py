@@ -134,14 +134,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from ebru.serve.auth import read_token_file
 
         read_token_file(tokens_file)  # unreadable or damaged: one line now, before anything loads
+    import torch
+
     sock = _bind(args.host, args.port)
+    # torch runs only in the model workers' threads. With GNU OpenMP (torch's CPU backend), a second
+    # multi-threaded team in the process (the main thread's, made while the models load) puts more
+    # OpenMP threads than cores in play, and libgomp then stops spin-waiting between parallel regions:
+    # measured on 2 cores, sampling in a worker thread ran 2.3x slower than in the main thread. So the main
+    # thread loads with one thread and each worker gets the intra-op threads torch would have used; the
+    # setting is put back when the server stops (main() may be called in-process, as the tests do).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         import uvicorn
 
         from ebru.serve import create_app
 
         app = create_app(args.model_dir, tokens_file, limits, out_dir=args.out, load_options=load_options(args),
-                         device=args.device, prompt_policy=args.prompt_policy)
+                         device=args.device, prompt_policy=args.prompt_policy, torch_threads=threads)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         names = ", ".join(app.state.server.models)
@@ -154,6 +164,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _stopping_server(config, app.state.server.workers.values()).run(sockets=[sock])
     finally:
         sock.close()
+        torch.set_num_threads(threads)
     return 0
 
 

@@ -16,6 +16,9 @@ Endpoints (JSON unless said; every error is ``{"error": {"message": <one line>, 
 ``POST /v1/jobs/{id}/cancel``              202; the job stops within one step (409 once it is over)
 ``GET /v1/jobs/{id}/images/{k}``           the k-th PNG as written: watermark, C2PA manifest, audit record
 ``POST /v1/images/generations``            OpenAI's images API (blocking; ``b64_json`` or ``url``)
+``POST /sdapi/v1/txt2img``                 AUTOMATIC1111's API (blocking; :mod:`ebru.serve.a1111`), with its
+                                           ``GET /sdapi/v1/progress``, ``POST /sdapi/v1/interrupt``,
+                                           ``GET /sdapi/v1/samplers`` and ``GET /sdapi/v1/sd-models``
 =========================================  ===================================================================
 
 Status codes: 400 a body that is not JSON or not UTF-8; 401 no or malformed token, 403 a wrong or expired one; 404 an
@@ -23,7 +26,8 @@ unknown model (with the nearest name), job or image; 409 cancel of a job that is
 that is not done; 413 a body over ``limits.max_body_bytes`` (refused before it is parsed); 422 a field of
 the wrong type or out of bounds, a string that is not Unicode text, an unknown key, sampler or class (with the
 nearest name), a path as a model name; 408 a body not sent within ``limits.body_timeout_s``; 415 a compressed
-body (``Content-Encoding``); 429 a full queue (with ``Retry-After``); 500 a job whose model raised (the server
+body (``Content-Encoding``); 429 a full queue, or a token with ``max_jobs_per_client`` jobs
+unfinished (with ``Retry-After``); 500 a job whose model raised (the server
 goes on); 503 a request that arrives while the server is stopping. ``HEAD`` is answered on every ``GET``
 endpoint but the event stream (RFC 9110, 9.3.2).
 
@@ -56,12 +60,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ebru.checks import unknown_key_message
 
+from .a1111 import add_a1111_routes
 from .auth import AuthError, TokenStore
 from .jobs import TERMINAL, Job, ModelWorker, QueueFull, ShuttingDown
 from .limits import RequestError, ServeLimits
 from .models import ServedModel, check_model_name, model_names, seed_range
 from .schemas import SCHEMAS, ImageRequest, InfillRequest, OpenAIImageRequest, TextRequest, field_names
 
+API_PREFIXES = ("/v1/", "/sdapi/")  # the routes a token guards (the page and /healthz are open)
 JOB_ID = re.compile(r"[0-9a-f]{16}")
 IMAGE_INDEX = re.compile(r"[0-9]{1,6}")
 KEEPALIVE_S = 15.0
@@ -84,7 +90,8 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers: dict
 
 
 class AuthMiddleware:
-    """Every ``/v1/`` request needs a token from ``store`` (when there is one); sets ``request.state.client``."""
+    """Every API request (``/v1/``, and A1111's ``/sdapi/``) needs a token from ``store`` (when there is one); sets
+    ``request.state.client``."""
 
     def __init__(self, app: Any, store: TokenStore | None):
         self.app, self.store = app, store
@@ -92,7 +99,7 @@ class AuthMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope.setdefault("state", {})["client"] = None
-            if self.store is not None and scope["path"].startswith("/v1/"):
+            if self.store is not None and scope["path"].startswith(API_PREFIXES):
                 header = dict(scope.get("headers") or []).get(b"authorization")
                 try:
                     value = None if header is None else header.decode("latin-1")
@@ -245,20 +252,31 @@ class Server:
     """What the app's routes share: models, their workers, the jobs, the limits and where files go."""
 
     def __init__(self, models: dict[str, ServedModel], limits: ServeLimits, out_dir: Path, tokens: TokenStore | None,
-                 prompt_policy: str):
+                 prompt_policy: str, torch_threads: int | None = None):
         self.models, self.limits, self.out_dir, self.tokens = models, limits, out_dir, tokens
         self.prompt_policy = prompt_policy
-        self.workers = {name: ModelWorker(m, limits, out_dir, prompt_policy=prompt_policy,
-                                          on_generation=self.audit, on_end=self.audit) for name, m in models.items()}
+        self.workers = {name: ModelWorker(m, limits, out_dir, prompt_policy=prompt_policy, on_generation=self.audit,
+                                          on_end=self.audit, torch_threads=torch_threads)
+                        for name, m in models.items()}
         self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self.lock = threading.Lock()
         self.descriptions = [m.describe() for m in models.values()]
 
     # ------------------------------------------------------------------------------ jobs
     def submit(self, job: Job) -> int:
+        """Queue ``job`` on its model's worker; its position. RequestError 429 (with ``Retry-After``) when the queue is
+        full or, on a server with tokens, when the job's token already has ``limits.max_jobs_per_client`` jobs queued
+        or running (one client cannot fill the queue for everyone); 503 while the server stops."""
         worker = self.workers[job.model.name]
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
         with self.lock:
             self._prune()
+            if self.tokens is not None:
+                mine = sum(1 for j in self.jobs.values() if j.owner == job.owner and not j.done)
+                if mine >= self.limits.max_jobs_per_client:
+                    raise RequestError(429, f"token {job.owner!r} already has {mine} jobs queued or running (the "
+                                            f"limit per token is {self.limits.max_jobs_per_client}); wait for one "
+                                            "to end", retry)
             self.jobs[job.id] = job
         try:
             return worker.submit(job)
@@ -267,7 +285,7 @@ class Server:
                 self.jobs.pop(job.id, None)
             if isinstance(e, ShuttingDown):
                 raise RequestError(503, str(e), {"Connection": "close"}) from None
-            raise RequestError(429, str(e), {"Retry-After": str(self.limits.retry_after_s)}) from None
+            raise RequestError(429, str(e), retry) from None
 
     def _prune(self) -> None:
         over = len(self.jobs) - self.limits.keep_jobs + 1
@@ -329,7 +347,7 @@ def _page() -> tuple[str, str]:
 def create_app(model_dirs: Sequence[str | os.PathLike], tokens_file: str | os.PathLike | None = None,
                limits: ServeLimits | None = None, *, out_dir: str | os.PathLike = "ebru-serve-out",
                load_options: dict[str, Any] | None = None, watermark: Any = True, device: str = "cpu",
-               prompt_policy: str = "hash") -> FastAPI:
+               prompt_policy: str = "hash", torch_threads: int | None = None) -> FastAPI:
     """Load every model in ``model_dirs`` (through ``ebru.load``: manifest, signature, licence) and return the app.
 
     Args:
@@ -341,6 +359,9 @@ def create_app(model_dirs: Sequence[str | os.PathLike], tokens_file: str | os.Pa
         load_options: ``ebru.load``'s ``policy``, ``trusted_keys``, ``allow_unsigned``, ``acknowledge``.
         watermark: the pipelines' watermark (True: the default key).
         prompt_policy: what manifests, records and the audit log keep of prompts: ``hash``, ``full``, ``omit``.
+        torch_threads: intra-op threads each model's worker thread sets for itself (``torch.set_num_threads``)
+            before its first job; None leaves torch's setting. ``ebru serve`` passes the process's default and
+            keeps the main thread at one (see :mod:`ebru.cli.serve` for why).
 
     Raises ValueError (one line) for no models, a refused or unreadable model (the loader's own line), a bad
     token file; ``OSError`` for a token file that cannot be read. Workers start when the app starts serving.
@@ -358,7 +379,7 @@ def create_app(model_dirs: Sequence[str | os.PathLike], tokens_file: str | os.Pa
         from ebru.provenance import default_signer
 
         default_signer(create=True)  # the C2PA signer every image is signed with: made (or refused) now, once
-    server = Server(models, limits, Path(out_dir), tokens, prompt_policy)
+    server = Server(models, limits, Path(out_dir), tokens, prompt_policy, torch_threads)
     html, csp = _page()
 
     @asynccontextmanager
@@ -459,6 +480,17 @@ def create_app(model_dirs: Sequence[str | os.PathLike], tokens_file: str | os.Pa
     async def text_infill(body: InfillRequest, request: Request) -> JSONResponse:
         return accepted(text_job(body.model_dump(), client(request), infill=True))
 
+    async def run_blocking(job: Job) -> None:
+        """Submit ``job`` and wait for its end (the blocking shims); RequestError 500/409 unless it is done."""
+        server.submit(job)
+        while not job.done:
+            await job.wait(-1, 0, 5.0)
+        if job.state != "done":
+            status = 500 if job.state == "failed" else 409
+            raise RequestError(status, job.error or f"job {job.id} was {job.state}")
+
+    add_a1111_routes(app, server, image_job, client, run_blocking)
+
     @app.post("/v1/images/generations")
     async def openai_images(body: OpenAIImageRequest, request: Request) -> JSONResponse:
         req = body.model_dump()
@@ -477,12 +509,7 @@ def create_app(model_dirs: Sequence[str | os.PathLike], tokens_file: str | os.Pa
             elif prompt:
                 raise RequestError(422, f"model {model.name!r} is unconditional: send an empty prompt")
         job = image_job(req, client(request))
-        server.submit(job)
-        while not job.done:
-            await job.wait(-1, 0, 5.0)
-        if job.state != "done":
-            status = 500 if job.state == "failed" else 409
-            raise RequestError(status, job.error or f"job {job.id} was {job.state}")
+        await run_blocking(job)
         data = []
         for r, p in zip(job.results, job.files):
             item: dict[str, Any] = {"seed": r["seed"], "revised_prompt": None}

@@ -86,6 +86,11 @@ class Job:
             with contextlib.suppress(RuntimeError):  # the loop has closed (server shutting down)
                 loop.call_soon_threadsafe(ev.set)
 
+    def latest_preview(self) -> dict[str, Any] | None:
+        """The newest ``preview`` event's data (``step``, ``total``, ``image``: base64 PNG), or None."""
+        with self._lock:
+            return None if self._preview is None else self._preview[1]
+
     def events_since(self, k: int, preview_seq: int = 0) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
         """Events from index ``k`` on, and the newest preview if newer than ``preview_seq`` (else None)."""
         with self._lock:
@@ -167,14 +172,17 @@ def png_b64(image: Any) -> str:
 class ModelWorker:
     """The thread that runs one model's jobs (see the module docstring).
 
-    ``out_dir``: where image jobs' files go (``out_dir/<job id>/``). ``on_generation(job)``: called after a job
+    ``out_dir``: where image jobs' files go (``out_dir/<job id>/``). ``torch_threads``: intra-op threads the
+    thread sets for itself before its first job (None: torch's setting). ``on_generation(job)``: called after a job
     is done (the server writes its audit entry there; an exception from it fails the job). ``on_end(job)``:
     called when a job it took ends cancelled or failed (its audit entry; an exception from it is a warning).
     """
 
     def __init__(self, model: ServedModel, limits: Any, out_dir: Path, *, prompt_policy: str = "hash",
-                 on_generation: Callable[[Job], None] | None = None, on_end: Callable[[Job], None] | None = None):
+                 on_generation: Callable[[Job], None] | None = None, on_end: Callable[[Job], None] | None = None,
+                 torch_threads: int | None = None):
         self.model, self.limits, self.out_dir = model, limits, Path(out_dir)
+        self.torch_threads = torch_threads
         self.prompt_policy = prompt_policy
         self.on_generation, self.on_end = on_generation, on_end
         self.pending: collections.deque[Job] = collections.deque()
@@ -265,6 +273,10 @@ class ModelWorker:
 
     # ------------------------------------------------------------------------------ running
     def _loop(self) -> None:
+        if self.torch_threads is not None:  # this thread's own OpenMP setting (see ebru.serve.app.create_app)
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         while True:
             batch = self._take()
             if batch is None:

@@ -28,6 +28,9 @@ class ServeLimits:
         max_prompt_chars: characters of a prompt, negative prompt or infill template.
         max_body_bytes: bytes of a request body; larger ones get 413 before anything is parsed.
         max_queue: jobs waiting per model; one more gets 429 with ``Retry-After``.
+        max_jobs_per_client: jobs one token may have queued or running at once, over all models (a server with
+            tokens only; without tokens every caller is the same client and ``max_queue`` is the bound); one
+            more gets 429 with ``Retry-After``.
         max_batch: images drawn in one sampling call (jobs with the same settings are batched up to it); at
             least ``max_images``, since one job is never split.
         max_text_samples: texts one text generation asks for.
@@ -43,6 +46,7 @@ class ServeLimits:
     max_prompt_chars: int = 1000
     max_body_bytes: int = 64 * 1024
     max_queue: int = 32
+    max_jobs_per_client: int = 8
     max_batch: int = 16
     max_text_samples: int = 8
     keep_jobs: int = 256
