@@ -156,7 +156,10 @@ def test_the_losses_with_everything_off_are_those_before_the_preview_and_discrim
     before = [1.2370038032531738, 1.156119704246521, 1.12346613407135, 1.066877841949463]
     trainer = Trainer(tiny_config(), tmp_path, dataset=tiny_dataset(), progress=False)
     assert trainer.net.discriminator is None and trainer.net.autoencoder.preview is None
-    assert [trainer.train_step() for _ in range(4)] == pytest.approx(before, rel=1e-5)
+    # rel 1e-4: float32 kernels differ between CPUs (these were recorded on an Intel Xeon; an AMD EPYC's MKL/oneDNN
+    # paths give 2e-5 apart by the third step), while anything the preview decoder or the discriminator added to
+    # the loss or the optimiser would move these by far more
+    assert [trainer.train_step() for _ in range(4)] == pytest.approx(before, rel=1e-4)
 
 
 def test_the_preview_term_leaves_the_autoencoders_gradients_bit_for_bit():
