@@ -329,3 +329,17 @@ def test_every_loss_weighting_trains(tmp_path, weighting):
     x = x0 + s[:, None, None, None] * batch["noise"].double()
     err = (c_skip[:, None, None, None] * x - x0).square().flatten(1).mean(1)
     assert loss == pytest.approx(float((WEIGHT[weighting](s) * err).mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize(("licence", "why"), [("nope", "is not in"), ("cc-by-nc-4.0", "is denied by")])
+def test_a_licence_the_policy_refuses_stops_the_run_before_it_starts(tmp_path, monkeypatch, licence, why):
+    """The model would be refused by ebru.load: the run is refused first, and nothing is written."""
+    monkeypatch.delenv("EBRU_LICENSE_POLICY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the built-in policy
+    with pytest.raises(ValueError, match=rf"license '{licence}' {why} the licence policy .*--set license=apache-2.0"):
+        Trainer(tiny_config(license=licence), tmp_path / "run", dataset=tiny_dataset(), progress=False)
+    assert not (tmp_path / "run").exists()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('unknown = "allow"\n', encoding="utf-8")
+    monkeypatch.setenv("EBRU_LICENSE_POLICY", str(policy))  # an organisation's policy that knows "nope" decides
+    Trainer(tiny_config(license="nope", steps=1), tmp_path / "ok", dataset=tiny_dataset(), progress=False)

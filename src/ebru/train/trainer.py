@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ebru.tasks import TASKS, Task, TrainState
+from ebru.trust.license import check_output_license
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -81,6 +82,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  dataset: Any = None, progress: bool = True):
         cfg.validate()
+        check_output_license(cfg.license)  # a licence the policy refuses: one line now, not after the run
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(cfg.device)

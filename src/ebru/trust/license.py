@@ -208,6 +208,26 @@ def load_policy(policy: Policy | str | os.PathLike | None = None) -> Policy:
     return parse_policy(text, str(path))
 
 
+def check_output_license(licence: str, policy: Policy | str | os.PathLike | None = None) -> str:
+    """The policy's class for ``licence`` as a model ebru is about to *write* would carry it (no base models).
+
+    For a training run, before it starts: a model whose card names a licence the policy denies (or does not
+    know, with ``unknown = "deny"``) could never be loaded here, so the run would be wasted. Returns the class
+    (``allow``, ``allow-with-obligations`` or ``needs-acknowledgement``). Raises ValueError (one line) for a
+    licence the policy denies or does not know, naming the policy; :class:`PolicyError` for a broken policy file.
+    """
+    pol = load_policy(policy)
+    lic = str(licence).strip().lower()
+    rule = pol.rule(lic)
+    cls = (rule or pol.unknown).cls
+    if cls == "deny":
+        why = "is denied by" if rule is not None else "is not in"
+        raise ValueError(f"license {licence!r} {why} the licence policy ({pol.source}), so the model this run "
+                         "would write could not be loaded here: pick one the policy allows, e.g. --set "
+                         "license=apache-2.0")
+    return cls
+
+
 # --------------------------------------------------------------------------- decisions
 
 
