@@ -8,7 +8,7 @@ import torch
 
 from ebru.text import TextInputError
 from ebru.text.ar import ar_decode
-from ebru.text.block import BlockDiffusion, block_decode
+from ebru.text.block import BlockDiffusion, block_decode, split_steps
 from ebru.text.decode import masked_decode, most_confident, reveal_counts
 from ebru.text.sampling import draw, filter_logits, gumbel_noise
 from ebru.text.uniform import uniform_decode
@@ -214,3 +214,25 @@ def test_fewer_steps_than_blocks_is_refused_not_raised_silently():
     assert calls == []
     tokens, nfe = masked_decode(logits_fn, canvas, V, steps=3, block_length=3)
     assert nfe == 3 and bool((tokens < V).all())
+
+
+@pytest.mark.parametrize("steps, expected", [(10, [1, 2, 2, 2, 1, 1, 1]), (7, [1] * 7), (3, [1] * 7),
+                                             (16, [1, 3, 3, 3, 2, 2, 2]), (40, [1] + [4] * 6)])
+def test_block_generate_takes_the_steps_asked_for_over_its_blocks(steps, expected):
+    # 3 prompt tokens + 25 generated in blocks of 4: 7 blocks hold generated positions, the first only one
+    # token; the steps asked for are shared over them (never rounded up to ceil(steps / blocks) per block), at
+    # least one per block and at most one per token
+    net = tiny_net("block", context=32)
+    seen = []
+    BlockDiffusion(M, 4).generate(net, torch.tensor([[1, 2, 3]]), 25, steps=steps, decoder="confidence",
+                                  callback=lambda e: seen.append(e["block"]))
+    per_block = [sum(1 for blk in seen if blk == b) for b in dict.fromkeys(seen)]
+    assert per_block == expected == split_steps(steps, 3, 25, 4) and len(seen) == min(max(steps, 7), 25)
+
+
+def test_block_decode_refuses_a_schedule_of_the_wrong_length():
+    net = tiny_net("block", context=32)
+    with pytest.raises(TextInputError, match="7 blocks"):
+        block_decode(net, torch.tensor([[1, 2, 3]]), 25, 4, M, steps_per_block=[2, 2])
+    with pytest.raises(TextInputError, match="steps"):
+        block_decode(net, torch.tensor([[1, 2, 3]]), 25, 4, M, steps_per_block=[2, 0, 1, 1, 1, 1, 1])

@@ -18,6 +18,7 @@ added in the same pass that starts the next block.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -141,37 +142,69 @@ class BlockDiffusion(MaskedDiffusion):
                  callback: Callback | None = None) -> tuple[Tensor, int]:
         """``length`` tokens after ``prompt`` (B, P) with :func:`block_decode`, ``steps`` shared over the blocks.
 
-        Each block that holds generated positions gets ``ceil(steps / blocks)`` steps. ``block_length``
-        is refused: the model decodes in the blocks it was trained with.
+        ``steps`` is shared over the blocks that hold generated positions (:func:`split_steps`): each block
+        gets one, and each further step goes to the block that would otherwise reveal the most tokens per step,
+        so the decoder makes ``steps`` denoising passes in all (one per block when ``steps`` is below the
+        number of blocks; at most one per generated token). ``block_length`` is refused: the model
+        decodes in the blocks it was trained with.
         """
         self.refuse_block_length(block_length, f" (it decodes in its blocks of {self.block_size})")
         decoder = self.check_decoder(decoder)
         P, b = prompt.shape[1], self.block_size
-        n_blocks = math.ceil((P + length) / b) - P // b
-        return block_decode(net, prompt, length, b, self.mask_id, steps_per_block=max(1, math.ceil(steps / n_blocks)),
+        return block_decode(net, prompt, length, b, self.mask_id, steps_per_block=split_steps(steps, P, length, b),
                             decoder=decoder, threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p,
                             seeds=seeds, callback=callback)
 
 
+def split_steps(steps: int, prompt_length: int, length: int, block_size: int) -> list[int]:
+    """Denoising steps per block for ``length`` tokens after a prompt of ``prompt_length``, ``steps`` in all.
+
+    One per block that holds generated positions, then each further step to the block with the most tokens
+    left to reveal per step (the first such block on a tie), never more steps than a block has tokens. So
+    ``sum == min(max(steps, blocks), length)``: a partial first block after the prompt gets no more steps
+    than its tokens. Raises :class:`TextInputError` for a non-positive count.
+    """
+    steps = check_steps(steps)
+    block_size = positive_int("block_size", block_size, error=TextInputError)
+    first = (prompt_length // block_size) * block_size
+    end = prompt_length + length
+    tokens = [min(lo + block_size, end) - max(lo, prompt_length) for lo in range(first, end, block_size)]
+    per_block = [1] * len(tokens)
+    for _ in range(steps - len(tokens)):
+        room = [(t / s, -i) for i, (t, s) in enumerate(zip(tokens, per_block, strict=True)) if s < t]
+        if not room:
+            break
+        per_block[-max(room)[1]] += 1
+    return per_block
+
+
 @torch.no_grad()
 def block_decode(net: Transformer, prompt: Tensor, length: int, block_size: int, mask_id: int, *,
-                 steps_per_block: int, decoder: str = "confidence", threshold: float = 0.9,
+                 steps_per_block: int | Sequence[int], decoder: str = "confidence", threshold: float = 0.9,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  seeds: int | list[int] = 0, callback: Callback | None = None) -> tuple[Tensor, int]:
     """Generate ``length`` tokens after ``prompt`` (B,P) block by block with a KV cache (BD3-LM's sampler).
 
-    Within a block, ``steps_per_block`` steps of the masked decoder ``decoder`` (``ebru.text.decode``);
+    Within a block, ``steps_per_block`` steps of the masked decoder ``decoder`` (``ebru.text.decode``): one
+    count for every block, or one count per block that holds generated positions, in order;
     the clean keys of a finished block join the cache in the pass that starts the next block.
     Returns (B, P + length) tokens and the number of network calls. Raises :class:`TextInputError`
     for bad steps, sampling settings or a prompt + length beyond the context.
     """
-    check_steps(steps_per_block)
     check_sampling(temperature, top_k, top_p)
     check_threshold(threshold)
     block_size = positive_int("block_size", block_size, error=TextInputError)
     length = positive_int("length", length, error=TextInputError)
     B, P = prompt.shape
     T = P + length
+    n_blocks = math.ceil(T / block_size) - P // block_size
+    if isinstance(steps_per_block, Sequence) and not isinstance(steps_per_block, str | bytes):
+        if len(steps_per_block) != n_blocks:
+            raise TextInputError(f"steps_per_block has {len(steps_per_block)} counts for the {n_blocks} blocks that "
+                                 f"hold generated positions")
+        schedule = [check_steps(s) for s in steps_per_block]
+    else:
+        schedule = [check_steps(steps_per_block)] * n_blocks
     if net.cfg.context < T:
         raise TextInputError(f"prompt ({P}) + length ({length}) = {T} tokens is more than the context of "
                              f"{net.cfg.context}")
@@ -186,10 +219,10 @@ def block_decode(net: Transformer, prompt: Tensor, length: int, block_size: int,
         nfe += 1
     pending = None  # the finished block whose keys are added by the next pass
     step_total = 0
-    while done < T:
+    for block_steps in schedule:
         lo, hi = done, min(done + block_size, T)
-        plan = WindowPlan(decoder, steps_per_block, x[:, lo:hi] == mask_id, threshold)
-        for k in range(steps_per_block):
+        plan = WindowPlan(decoder, block_steps, x[:, lo:hi] == mask_id, threshold)
+        for k in range(block_steps):
             if not (x[:, lo:hi] == mask_id).any():
                 break
             if pending is not None:  # [finished block | this block]: commit the first, denoise the second
